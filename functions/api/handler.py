@@ -1,0 +1,14 @@
+"""ApiFunction: API Gateway HTTP API -> FastAPI via Mangum."""
+
+from aws_lambda_powertools.logging import correlation_paths
+from frontdesk.observability import logger
+from frontdesk.web.app import create_app
+from mangum import Mangum
+
+app = create_app()
+_asgi = Mangum(app, lifespan="off")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def handler(event, context):  # type: ignore[no-untyped-def]
+    return _asgi(event, context)

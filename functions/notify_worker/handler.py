@@ -1,0 +1,19 @@
+"""NotifyWorker: SQS notifications queue -> one email per notification, partial batch failures."""
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from frontdesk.observability import logger, metrics
+from frontdesk.workers import notify_record
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event, context):  # type: ignore[no-untyped-def]
+    return process_partial_response(
+        event=event, record_handler=notify_record, processor=processor, context=context
+    )

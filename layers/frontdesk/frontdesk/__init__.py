@@ -1,0 +1,1 @@
+"""Frontdesk: the shared code of every function, deployed as a Lambda layer."""

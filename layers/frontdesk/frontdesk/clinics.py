@@ -1,0 +1,58 @@
+"""Clinics: the tenants. Every other row belongs to one."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from uuid import UUID
+
+from frontdesk.db import Database, transaction
+from frontdesk.errors import Unauthorized
+
+
+def hash_form_key(form_key: str) -> bytes:
+    return hashlib.sha256(form_key.encode()).digest()
+
+
+def new_form_key() -> str:
+    return "fk_" + secrets.token_urlsafe(24)
+
+
+def create_clinic(
+    db: Database,
+    *,
+    name: str,
+    notify_email: str | None,
+    form_key: str | None = None,
+    clinic_id: UUID | None = None,
+) -> UUID:
+    """Create (or, for the same id, update) a clinic. Used by seeding and tests."""
+    clinic_id = clinic_id or uuid.uuid4()
+    with transaction(db) as cur:
+        cur.execute(
+            """INSERT INTO clinics (id, name, notify_email, form_key_hash)
+               VALUES (%(id)s, %(name)s, %(notify_email)s, %(form_key_hash)s)
+               ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                   notify_email = excluded.notify_email, form_key_hash = excluded.form_key_hash""",
+            {
+                "id": clinic_id,
+                "name": name,
+                "notify_email": notify_email,
+                "form_key_hash": hash_form_key(form_key) if form_key else None,
+            },
+        )
+    return clinic_id
+
+
+def clinic_for_form_key(db: Database, form_key: str) -> UUID:
+    with transaction(db) as cur:
+        cur.execute(
+            "SELECT id FROM clinics WHERE form_key_hash = %(hash)s",
+            {"hash": hash_form_key(form_key)},
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise Unauthorized("unknown form key")
+    clinic_id: UUID = row["id"]
+    return clinic_id

@@ -1,0 +1,70 @@
+"""Settings: one pydantic model, read from the environment and validated at cold start.
+
+Domain code receives a `Settings` (or the values it needs); only this module reads
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    frontdesk_env: Literal["local", "dev", "prod", "test"] = "local"
+
+    # Database: a URL locally, a Secrets Manager secret in AWS (a URL, or RDS-style JSON).
+    database_url: SecretStr | None = None
+    database_secret_arn: str = ""
+    db_connect_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    db_statement_timeout_ms: int = Field(default=5000, ge=100, le=900_000)
+    db_pool_max_size: int = Field(default=10, ge=1, le=100)
+
+    # AWS: endpoint_url points every client at moto locally; unset in AWS.
+    aws_endpoint_url: str | None = None
+    aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    aws_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    aws_read_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Envelope encryption of PII and the blind index used for dedupe.
+    kms_key_id: str = ""
+    data_key_max_age_seconds: int = Field(default=300, ge=1, le=86_400)
+    blind_index_secret_arn: str = ""
+    blind_index_key: SecretStr | None = None
+
+    # Where the outbox relay sends things.
+    notifications_queue_url: str = ""
+    event_bus_name: str = "default"
+
+    # Notifications.
+    sender_email: str = "frontdesk@example.com"
+
+    # The queues' maxReceiveCount (template.yaml): the attempt after which a message is
+    # dead-lettered, so the worker can mark its job dead on that last attempt.
+    max_receive_count: int = Field(default=5, ge=1, le=1000)
+
+    # Staff authentication. In AWS the HTTP API's JWT authorizer verifies tokens and the
+    # function reads the claims it passes on; `local_jwt_secret` (HS256) is for the
+    # local runtime only and must never be set in AWS.
+    tenant_claim: str = "clinic_id"
+    roles_claim: str = "roles"
+    local_jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "https://auth.frontdesk.local/"
+    jwt_audience: str = "frontdesk-api"
+
+    # Request limits.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    def queue_urls(self) -> dict[str, str]:
+        """Logical queue name (as stored in outbox rows) -> queue URL."""
+        return {"notifications": self.notifications_queue_url}
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

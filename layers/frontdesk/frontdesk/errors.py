@@ -1,0 +1,86 @@
+"""Domain exceptions. The web layer maps them to problem+json in one place."""
+
+from __future__ import annotations
+
+
+class FrontdeskError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Problem(FrontdeskError):
+    """An error with any status, for the web layer's own refusals (405, unknown route)."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+
+
+class NotFound(FrontdeskError):
+    status = 404
+    title = "Not found"
+
+
+class Unauthorized(FrontdeskError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(FrontdeskError):
+    status = 403
+    title = "Forbidden"
+
+
+class Conflict(FrontdeskError):
+    status = 409
+    title = "Conflict"
+
+
+class PayloadTooLarge(FrontdeskError):
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(FrontdeskError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class InvalidInput(FrontdeskError):
+    status = 422
+    title = "Invalid input"
+
+
+class IdempotencyKeyReused(FrontdeskError):
+    status = 422
+    title = "Idempotency-Key reused with a different request"
+
+
+class IdempotencyKeyInProgress(FrontdeskError):
+    status = 409
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class ServiceUnavailable(FrontdeskError):
+    """A dependency (the database, KMS) cannot be reached right now: retry later."""
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, retry_after_seconds: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PermanentMessageError(FrontdeskError):
+    """A queue message that can never succeed (malformed, unknown kind): retrying won't help."""
+
+    status = 422
+    title = "Unprocessable message"

@@ -1,0 +1,94 @@
+"""Who is calling: staff (JWT claims) or a public web form (a clinic's form key).
+
+In AWS the HTTP API's JWT authorizer has verified the token before the function runs and
+passes its claims in the event; the function trusts those and nothing else. The local
+runtime has no API Gateway, so there (and only when LOCAL_JWT_SECRET is set) the token is
+verified here with HS256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from frontdesk.clinics import clinic_for_form_key
+from frontdesk.config import get_settings
+from frontdesk.db import get_database
+from frontdesk.errors import Forbidden, Unauthorized
+
+bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
+form_key_header = APIKeyHeader(
+    name="X-Form-Key", auto_error=False, description="The clinic's public web form key"
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    clinic_id: UUID
+    subject: str
+    roles: frozenset[str]
+
+
+def _claims(request: Request, credentials: HTTPAuthorizationCredentials | None) -> dict[str, Any]:
+    event = request.scope.get("aws.event")
+    if isinstance(event, dict):
+        claims = event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
+        if not isinstance(claims, dict):
+            raise Unauthorized("a staff token is required")
+        return claims
+    settings = get_settings()
+    if settings.local_jwt_secret is None or credentials is None:
+        raise Unauthorized("a staff token is required")
+    import jwt  # the local runtime only
+
+    try:
+        decoded: dict[str, Any] = jwt.decode(
+            credentials.credentials,
+            settings.local_jwt_secret.get_secret_value(),
+            algorithms=["HS256"],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"the staff token is not valid ({type(exc).__name__})") from None
+    return decoded
+
+
+def _roles(value: Any) -> frozenset[str]:
+    # API Gateway flattens array claims to "[a b]"; a locally decoded token keeps the list.
+    if isinstance(value, list):
+        return frozenset(str(v) for v in value)
+    if isinstance(value, str):
+        return frozenset(value.strip("[]").replace(",", " ").split())
+    return frozenset()
+
+
+def staff(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    settings = get_settings()
+    claims = _claims(request, credentials)
+    try:
+        clinic_id = UUID(str(claims.get(settings.tenant_claim, "")))
+    except ValueError:
+        raise Forbidden("the token names no clinic") from None
+    return Principal(
+        clinic_id=clinic_id,
+        subject=str(claims.get("sub", "")),
+        roles=_roles(claims.get(settings.roles_claim)),
+    )
+
+
+def form_clinic(form_key: Annotated[str | None, Depends(form_key_header)]) -> UUID:
+    if not form_key or len(form_key) > 200:
+        raise Unauthorized("an X-Form-Key header is required")
+    return clinic_for_form_key(get_database(), form_key)
+
+
+Staff = Annotated[Principal, Depends(staff)]
+FormClinic = Annotated[UUID, Depends(form_clinic)]

@@ -1,0 +1,244 @@
+"""HTTP plumbing shared by every route: request context, the envelope, problem+json.
+
+Domain exceptions become problem+json here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from frontdesk.errors import (
+    FrontdeskError,
+    PayloadTooLarge,
+    Problem,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from frontdesk.observability import logger
+
+PROBLEM_BASE = "https://frontdesk.dev/problems/"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+T = TypeVar("T")
+
+
+class Meta(BaseModel):
+    requestId: str
+    timestamp: str
+    operation: str
+    entity: str
+    success: bool
+    affectedIds: list[str]
+    executionTimeMs: float
+
+
+class Envelope(BaseModel, Generic[T]):
+    data: T
+    meta: Meta
+
+
+class ProblemDetails(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    requestId: str
+    errors: list[dict[str, Any]] | None = Field(default=None)
+
+
+def request_id_of(scope: Scope) -> str:
+    """API Gateway's request id in Lambda; a caller's X-Request-Id locally; else a new one."""
+    event = scope.get("aws.event")
+    if isinstance(event, dict):
+        rid = event.get("requestContext", {}).get("requestId")
+        if rid:
+            return str(rid)
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SAFE_REQUEST_ID.match(candidate):
+                return candidate
+    return str(uuid.uuid4())
+
+
+class RequestContextMiddleware:
+    """Request id and timing for every request; body size and media type for writes.
+
+    Pure ASGI (no BaseHTTPMiddleware) so it adds microseconds, not a task per request.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.perf_counter()
+        logger.set_correlation_id(request_id)
+
+        problem = self._refuse_body(scope)
+        if problem is not None:
+            response = problem_response(scope["path"], request_id, problem)
+            await response(scope, receive, send)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # An HTTPException passes FastAPI's body parsing unchanged.
+                    raise HTTPException(413, f"the body is over {self.max_body_bytes} bytes")
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_id)
+
+    def _refuse_body(self, scope: Scope) -> FrontdeskError | None:
+        if scope["method"] not in _BODY_METHODS:
+            return None
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return PayloadTooLarge("the Content-Length header is not a number")
+            if size > self.max_body_bytes:
+                return PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
+            if size == 0:
+                return None
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type != b"application/json" and not media_type.endswith(b"+json"):
+            return UnsupportedMediaType("send the body as application/json")
+        return None
+
+
+def envelope(
+    request: Request,
+    data: Any,
+    *,
+    operation: str,
+    entity: str,
+    affected_ids: list[str],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    started = getattr(request.state, "started", time.perf_counter())
+    meta = {
+        "requestId": request.state.request_id,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "operation": operation,
+        "entity": entity,
+        "success": True,
+        "affectedIds": affected_ids,
+        "executionTimeMs": round((time.perf_counter() - started) * 1000, 2),
+    }
+    return JSONResponse(
+        {"data": jsonable_encoder(data, by_alias=True), "meta": meta},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def problem_response(
+    instance: str,
+    request_id: str,
+    error: FrontdeskError,
+    errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + _slug(error.title),
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "instance": instance,
+        "requestId": request_id,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    headers = {}
+    if isinstance(error, ServiceUnavailable):
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    return JSONResponse(
+        body, status_code=error.status, media_type="application/problem+json", headers=headers
+    )
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or request_id_of(request.scope)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FrontdeskError)
+    async def domain_error(request: Request, exc: FrontdeskError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("request failed", extra={"status": exc.status, "error": exc.detail})
+        return problem_response(request.url.path, _request_id(request), exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Field locations and messages only: the rejected values may be PII.
+        errors = [
+            {
+                "loc": [str(part) for part in err.get("loc", ())],
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in exc.errors()
+        ]
+        error = Problem(422, "Invalid input", "the request does not match the schema")
+        return problem_response(request.url.path, _request_id(request), error, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = Problem(exc.status_code, _http_title(exc.status_code), str(exc.detail))
+        response = problem_response(request.url.path, _request_id(request), error)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", extra={"error": type(exc).__name__})
+        error = FrontdeskError("an unexpected error occurred; quote the requestId to support")
+        return problem_response(request.url.path, _request_id(request), error)
+
+
+def _http_title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
