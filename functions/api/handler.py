@@ -6,7 +6,12 @@ from frontdesk.web.app import create_app
 from mangum import Mangum
 
 app = create_app()
-_asgi = Mangum(app, lifespan="off")
+_asgi = Mangum(
+    app,
+    lifespan="off",
+    # Without it Mangum base64-encodes problem+json bodies.
+    text_mime_types=["application/json", "application/problem+json"],
+)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -1,0 +1,95 @@
+"""The API's refusals, through the real Lambda handler (Mangum), before any I/O."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support import LambdaContext, http_event, http_response, load_handler
+
+CLINIC = uuid.uuid4()
+
+
+@pytest.fixture(scope="module")
+def api() -> Any:
+    return load_handler("api")
+
+
+def call(api: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    response = api.handler(event, LambdaContext())
+    assert response["isBase64Encoded"] is False  # problem+json travels as text
+    return http_response(response)
+
+
+def assert_problem(headers: dict[str, str], body: dict[str, Any], status: int, rid: str) -> None:
+    assert headers["content-type"] == "application/problem+json"
+    assert body["status"] == status
+    assert body["requestId"] == rid
+    assert body["type"].startswith("https://frontdesk.dev/problems/")
+
+
+def test_invalid_body_is_422_and_echoes_no_values(api: Any) -> None:
+    # Given a lead without email or phone and a bad email elsewhere
+    event = http_event("POST", "/leads", body={"name": "Ada", "email": "ada-at-x", "consent": True},
+                       clinic_id=CLINIC)
+    # When it is posted
+    status, headers, body = call(api, event)
+    # Then it is a 422 problem that names the field but not the value
+    assert status == 422
+    assert_problem(headers, body, 422, event["requestContext"]["requestId"])
+    assert body["errors"][0]["loc"] == ["body", "email"]
+    assert "ada-at-x" not in json.dumps(body)
+
+
+def test_not_json_is_415(api: Any) -> None:
+    event = http_event("POST", "/leads", body="name=Ada", clinic_id=CLINIC,
+                       headers={"content-type": "application/x-www-form-urlencoded"})
+    status, headers, body = call(api, event)
+    assert status == 415
+    assert_problem(headers, body, 415, event["requestContext"]["requestId"])
+
+
+def test_oversized_body_is_413(api: Any) -> None:
+    event = http_event("POST", "/leads", body={"name": "A", "notes": "x" * 70_000}, clinic_id=CLINIC)
+    event["headers"]["content-length"] = str(len(event["body"]))
+    status, _, body = call(api, event)
+    assert status == 413 and body["title"] == "Payload too large"
+
+
+def test_malformed_json_is_422(api: Any) -> None:
+    status, _, body = call(api, http_event("POST", "/leads", body="{not json", clinic_id=CLINIC))
+    assert status == 422 and body["title"] == "Invalid input"
+
+
+def test_staff_route_without_claims_is_401(api: Any) -> None:
+    status, _, body = call(api, http_event("GET", f"/leads/{uuid.uuid4()}"))
+    assert status == 401
+
+
+def test_token_without_clinic_is_403(api: Any) -> None:
+    event = http_event("GET", f"/jobs/{uuid.uuid4()}", clinic_id="not-a-uuid")
+    status, _, _ = call(api, event)
+    assert status == 403
+
+
+def test_unknown_route_is_404_problem(api: Any) -> None:
+    event = http_event("GET", "/nope", clinic_id=CLINIC)
+    status, headers, body = call(api, event)
+    assert status == 404
+    assert_problem(headers, body, 404, event["requestContext"]["requestId"])
+
+
+def test_bad_path_parameter_is_422(api: Any) -> None:
+    status, _, _ = call(api, http_event("GET", "/leads/123", clinic_id=CLINIC))
+    assert status == 422
+
+
+def test_bad_idempotency_key_is_422_before_any_write(api: Any) -> None:
+    event = http_event("POST", "/public/leads", body={"name": "Ada", "phone": "+15550100", "consent": True},
+                       headers={"idempotency-key": "x" * 300})
+    status, _, _ = call(api, event)
+    # No form key: refused before the body or the key is looked at.
+    assert status == 401
