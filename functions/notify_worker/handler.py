@@ -1,5 +1,6 @@
 """NotifyWorker: SQS notifications queue -> one email per notification, partial batch failures."""
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -14,6 +15,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event, context):  # type: ignore[no-untyped-def]
+    metrics.add_metric(name="NotifyRecords", unit=MetricUnit.Count, value=len(event["Records"]))
     return process_partial_response(
         event=event, record_handler=notify_record, processor=processor, context=context
     )

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # Where the outbox relay sends things.
     notifications_queue_url: str = ""
     event_bus_name: str = "default"
+    # The sweeper leaves rows younger than this to the post-commit relay.
+    outbox_sweep_min_age_seconds: float = Field(default=5.0, ge=0)
 
     # Notifications.
     sender_email: str = "frontdesk@example.com"

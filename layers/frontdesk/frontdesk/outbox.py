@@ -24,7 +24,6 @@ from frontdesk.observability import logger
 
 EVENT_SOURCE = "frontdesk"
 _BATCH = 10  # SendMessageBatch and PutEvents take at most 10 entries
-_SWEEP_MIN_AGE_SECONDS = 5  # leave fresh rows to the post-commit relay
 _CLAIM_SECONDS = 60
 
 
@@ -81,9 +80,26 @@ class RelayResult:
 class Publisher:
     """Sends outbox rows to SQS and EventBridge. Destinations come from settings."""
 
-    def __init__(self, queue_urls: dict[str, str], event_bus_name: str) -> None:
+    def __init__(
+        self,
+        queue_urls: dict[str, str],
+        event_bus_name: str,
+        *,
+        sqs: Any = None,
+        events: Any = None,
+    ) -> None:
         self._queue_urls = queue_urls
         self._bus = event_bus_name
+        self._sqs = sqs  # boto3 clients; the container's own unless given
+        self._events = events
+
+    def _client(self, service: str) -> Any:
+        given = self._sqs if service == "sqs" else self._events
+        if given is not None:
+            return given
+        from frontdesk.clients.aws import client
+
+        return client(service)
 
     def publish(self, rows: Sequence[dict[str, Any]]) -> RelayResult:
         result = RelayResult()
@@ -106,8 +122,6 @@ class Publisher:
     def _send_messages(
         self, destination: str, rows: list[dict[str, Any]], result: RelayResult
     ) -> None:
-        from frontdesk.clients.aws import client
-
         url = self._queue_urls.get(destination)
         if not url:
             for row in rows:
@@ -124,7 +138,7 @@ class Publisher:
                     "requestId": {"DataType": "String", "StringValue": row["request_id"]}
                 }
             entries.append(entry)
-        answer = client("sqs").send_message_batch(QueueUrl=url, Entries=entries)
+        answer = self._client("sqs").send_message_batch(QueueUrl=url, Entries=entries)
         result.sent.extend(int(ok["Id"]) for ok in answer.get("Successful", []))
         for bad in answer.get("Failed", []):
             result.failed[int(bad["Id"])] = str(bad.get("Code", "failed"))
@@ -132,8 +146,6 @@ class Publisher:
     def _put_events(
         self, destination: str, rows: list[dict[str, Any]], result: RelayResult
     ) -> None:
-        from frontdesk.clients.aws import client
-
         bus = self._bus if destination == "default" else destination
         entries = [
             {
@@ -144,7 +156,7 @@ class Publisher:
             }
             for row in rows
         ]
-        answer = client("events").put_events(Entries=entries)
+        answer = self._client("events").put_events(Entries=entries)
         # PutEvents answers entry by entry, in the order sent.
         for row, entry in zip(rows, answer["Entries"], strict=True):
             if entry.get("EventId"):
@@ -179,7 +191,12 @@ def relay(db: Database, ids: Iterable[int], publisher: Publisher) -> RelayResult
     return result
 
 
-def sweep(db: Database, publisher: Publisher, limit: int = 500) -> RelayResult:
+def sweep(
+    db: Database,
+    publisher: Publisher,
+    limit: int = 500,
+    min_age_seconds: float = 5.0,
+) -> RelayResult:
     """Publish unsent rows older than a few seconds; claim them first so sweepers don't collide."""
     with transaction(db) as cur:
         cur.execute(
@@ -193,7 +210,7 @@ def sweep(db: Database, publisher: Publisher, limit: int = 500) -> RelayResult:
                     ORDER BY id LIMIT %(limit)s
                     FOR UPDATE SKIP LOCKED)
                 RETURNING {_ROW_COLUMNS}""",
-            {"claim": _CLAIM_SECONDS, "min_age": _SWEEP_MIN_AGE_SECONDS, "limit": limit},
+            {"claim": _CLAIM_SECONDS, "min_age": min_age_seconds, "limit": limit},
         )
         rows = sorted(cur.fetchall(), key=lambda row: row["id"])
     result = publisher.publish(rows)

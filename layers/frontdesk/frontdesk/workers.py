@@ -25,8 +25,8 @@ def _mailer() -> notifications.Mailer:
 
 
 def _request_id(record: SQSRecord) -> str | None:
-    attribute = record.message_attributes.get("requestId")
-    return attribute.string_value if attribute else None
+    attributes = record.message_attributes
+    return attributes["requestId"].string_value if "requestId" in attributes else None
 
 
 def notify_record(record: SQSRecord) -> str:
@@ -63,7 +63,8 @@ def notify_record(record: SQSRecord) -> str:
 
 def sweep_outbox() -> dict[str, Any]:
     db = get_database()
-    result = outbox.sweep(db, outbox.default_publisher())
+    min_age = get_settings().outbox_sweep_min_age_seconds
+    result = outbox.sweep(db, outbox.default_publisher(), min_age_seconds=min_age)
     purged = outbox.purge_sent(db)
     metrics.add_metric(name="OutboxSwept", unit=MetricUnit.Count, value=len(result.sent))
     metrics.add_metric(name="OutboxSweepFailed", unit=MetricUnit.Count, value=len(result.failed))

@@ -1,0 +1,90 @@
+"""Integration fixtures: a moto server provisioned from template.yaml, and a migrated database."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.support import reset_process_state
+
+FORM_KEY = "fk_test_form_key"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def moto_data(moto_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{moto_url}/moto-api/data.json") as answer:  # noqa: S310
+        data: dict[str, Any] = json.load(answer)
+    return data
+
+
+def sent_emails(moto_url: str) -> list[dict[str, Any]]:
+    """Every email SES accepted, as moto's data API shows it across processes."""
+    return list(moto_data(moto_url).get("ses", {}).get("Message", []))
+
+
+@pytest.fixture
+def stack(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """template.yaml's resources in a freshly reset moto, and every function's environment."""
+    from local.template import load_template, provision
+
+    request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request).close()  # noqa: S310
+    provisioned = provision(load_template(), boto3.session.Session(), moto_url)
+    for function in provisioned.functions():
+        for name, value in provisioned.function_environment(function.logical_id).items():
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("DATABASE_SECRET_ARN", "")
+    reset_process_state()
+    yield provisioned
+    reset_process_state()
+
+
+@dataclass
+class App:
+    """A migrated database, the stack, and a seeded clinic."""
+
+    stack: Any
+    moto_url: str
+    database_url: str
+    clinic_id: uuid.UUID
+    other_clinic_id: uuid.UUID
+
+    def sqs(self) -> Any:
+        return boto3.client("sqs", endpoint_url=self.moto_url)
+
+    def queue_url(self, logical_id: str) -> str:
+        url: str = self.stack.physical[logical_id]["Ref"]
+        return url
+
+
+@pytest.fixture
+def app(stack: Any, moto_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
+    from frontdesk.clinics import create_clinic
+    from frontdesk.db import get_database
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    reset_process_state()
+    db = get_database()
+    clinic = create_clinic(
+        db, name="Test clinic", notify_email="staff@clinic.example", form_key=FORM_KEY
+    )
+    other = create_clinic(db, name="Other clinic", notify_email="staff@other.example")
+    return App(stack, moto_url, database_url, clinic, other)
