@@ -1,0 +1,402 @@
+"""Infrastructure tests: what template.yaml promises, checked without AWS (no sockets).
+
+`sam validate --lint` and cfn-lint accept a misspelt runtime, a misspelt
+FunctionResponseTypes value and a 5-field cron; these tests do not. Each check is a
+function returning its problems, run on the real template and on a broken copy so the
+check itself is proven to catch what it claims to.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from local.template import (
+    REPO,
+    Provisioned,
+    TemplateError,
+    load_template,
+    parameter_values,
+    validate_schedule_expression,
+)
+
+Template = dict[str, Any]
+INTERPRETER_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
+MIN_MAX_RECEIVE_COUNT = 5
+VISIBILITY_TIMEOUT_FACTOR = 6
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return load_template()
+
+
+def resources(template: Template, type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
+
+
+def function_property(template: Template, function: dict[str, Any], name: str) -> Any:
+    """A function's property, falling back to Globals.Function like SAM does."""
+    own = function.get("Properties", {})
+    return own.get(name, template.get("Globals", {}).get("Function", {}).get(name))
+
+
+def events_of(template: Template, event_type: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for function_id, function in resources(template, "AWS::Serverless::Function").items():
+        for event_id, event in (function["Properties"].get("Events") or {}).items():
+            if event["Type"] == event_type:
+                yield function_id, event_id, event.get("Properties", {})
+
+
+def get_att_target(value: Any, attribute: str) -> str | None:
+    """The logical id in {"Fn::GetAtt": [id, attribute]}, else None."""
+    if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+        target, got = value["Fn::GetAtt"]
+        return str(target) if got == attribute else None
+    return None
+
+
+# ---------------------------------------------------------------- checks
+
+
+def sqs_problems(template: Template) -> list[str]:
+    problems = []
+    queues = resources(template, "AWS::SQS::Queue")
+    for function_id, event_id, props in events_of(template, "SQS"):
+        where = f"{function_id}/{event_id}"
+        queue_id = get_att_target(props.get("Queue"), "Arn")
+        if queue_id not in queues:
+            problems.append(f"{where}: Queue is not !GetAtt <template queue>.Arn")
+            continue
+        queue = queues[queue_id].get("Properties", {})
+        redrive = queue.get("RedrivePolicy") or {}
+        dlq_id = get_att_target(redrive.get("deadLetterTargetArn"), "Arn")
+        if dlq_id not in queues:
+            problems.append(f"{where}: queue {queue_id} has no RedrivePolicy to a template DLQ")
+        if int(redrive.get("maxReceiveCount", 0)) < MIN_MAX_RECEIVE_COUNT:
+            problems.append(f"{where}: maxReceiveCount below {MIN_MAX_RECEIVE_COUNT}")
+        timeout = int(function_property(template, template["Resources"][function_id], "Timeout"))
+        visibility = int(queue.get("VisibilityTimeout", 30))
+        if visibility < VISIBILITY_TIMEOUT_FACTOR * timeout:
+            problems.append(f"{where}: VisibilityTimeout {visibility} < 6 x Timeout {timeout}")
+        if props.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
+            problems.append(f"{where}: FunctionResponseTypes is not [ReportBatchItemFailures]")
+        concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
+        if not isinstance(concurrency, int) or not 2 <= concurrency <= 1000:
+            problems.append(f"{where}: ScalingConfig.MaximumConcurrency not in 2..1000")
+    return problems
+
+
+def runtime_problems(template: Template) -> list[str]:
+    problems = []
+    runtimes = {"Globals.Function": template.get("Globals", {}).get("Function", {}).get("Runtime")}
+    for function_id, function in resources(template, "AWS::Serverless::Function").items():
+        runtimes[function_id] = function_property(template, function, "Runtime")
+    for layer_id, layer in resources(template, "AWS::Serverless::LayerVersion").items():
+        for runtime in layer["Properties"].get("CompatibleRuntimes", []):
+            runtimes[f"{layer_id}.CompatibleRuntimes"] = runtime
+        runtimes[f"{layer_id}.BuildMethod"] = layer.get("Metadata", {}).get("BuildMethod")
+    for where, runtime in runtimes.items():
+        if runtime != INTERPRETER_RUNTIME:
+            problems.append(f"{where}: {runtime!r} is not {INTERPRETER_RUNTIME}")
+    return problems
+
+
+def schedule_problems(template: Template) -> list[str]:
+    problems = []
+    for function_id, event_id, props in events_of(template, "Schedule"):
+        try:
+            validate_schedule_expression(str(props.get("Schedule")))
+        except TemplateError as exc:
+            problems.append(f"{function_id}/{event_id}: {exc}")
+    for rule_id, rule in resources(template, "AWS::Events::Rule").items():
+        if "ScheduleExpression" in rule["Properties"]:
+            try:
+                validate_schedule_expression(str(rule["Properties"]["ScheduleExpression"]))
+            except TemplateError as exc:
+                problems.append(f"{rule_id}: {exc}")
+    return problems
+
+
+def policy_statements(value: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every IAM statement anywhere (inline policies, key policies), with where it is."""
+    if isinstance(value, dict):
+        if "Effect" in value and ("Action" in value or "NotAction" in value):
+            yield path, value
+        for key, item in value.items():
+            yield from policy_statements(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from policy_statements(item, f"{path}[{index}]")
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def iam_problems(template: Template) -> list[str]:
+    problems = []
+    key_policies = {
+        f"{key_id}.Properties.KeyPolicy" for key_id in resources(template, "AWS::KMS::Key")
+    }
+    for where, statement in policy_statements(template["Resources"]):
+        if "NotAction" in statement:
+            problems.append(f"{where}: NotAction grants everything else")
+        for action in as_list(statement.get("Action")):
+            if action == "*" or (isinstance(action, str) and action.endswith(":*")):
+                problems.append(f"{where}: wildcard action {action!r}")
+        # In a key policy "*" means the key itself; elsewhere it means every resource.
+        in_key_policy = any(where.startswith(prefix) for prefix in key_policies)
+        if "*" in as_list(statement.get("Resource")) and not in_key_policy:
+            problems.append(f"{where}: Resource '*'")
+    return problems
+
+
+HANDLER_DEFINITION = r"^(?:async\s+)?def\s+{name}\s*\(|^{name}\s*(?::[^=\n]*)?="
+
+
+def handler_problems(template: Template) -> list[str]:
+    problems = []
+    for function_id, function in resources(template, "AWS::Serverless::Function").items():
+        code_uri = function_property(template, function, "CodeUri")
+        module, _, attribute = str(function_property(template, function, "Handler")).rpartition(".")
+        path = REPO / str(code_uri) / f"{module.replace('.', '/')}.py"
+        if not path.is_file():
+            problems.append(f"{function_id}: {path.relative_to(REPO)} does not exist")
+            continue
+        pattern = re.compile(HANDLER_DEFINITION.format(name=re.escape(attribute)), re.MULTILINE)
+        if not pattern.search(path.read_text(encoding="utf-8")):
+            problems.append(f"{function_id}: {path.relative_to(REPO)} defines no {attribute}")
+    return problems
+
+
+def dlq_alarm_problems(template: Template) -> list[str]:
+    dlqs = {
+        dlq_id
+        for queue in resources(template, "AWS::SQS::Queue").values()
+        if (
+            dlq_id := get_att_target(
+                (queue.get("Properties", {}).get("RedrivePolicy") or {}).get("deadLetterTargetArn"),
+                "Arn",
+            )
+        )
+    }
+    watched = set()
+    for alarm in resources(template, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        if (props.get("Namespace"), props.get("MetricName")) != (
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+        ):
+            continue
+        for dimension in props.get("Dimensions", []):
+            if dimension.get("Name") == "QueueName":
+                watched.add(get_att_target(dimension.get("Value"), "QueueName"))
+    return [f"DLQ {dlq} has no ApproximateNumberOfMessagesVisible alarm" for dlq in dlqs - watched]
+
+
+# ---------------------------------------------------------------- the real template
+
+
+def test_every_sqs_consumer_is_safe_against_redelivery_and_poison_messages(
+    template: Template,
+) -> None:
+    # Given the template
+    # When its SQS event sources are checked against their queues
+    problems = sqs_problems(template)
+    # Then each has a DLQ, enough receives, a long enough visibility timeout,
+    # partial batch responses and bounded concurrency
+    assert problems == []
+    assert list(events_of(template, "SQS")), "expected at least one SQS consumer"
+
+
+def test_runtime_is_the_interpreter_of_this_virtual_environment(template: Template) -> None:
+    # Given the template and the running interpreter
+    # When every runtime setting is compared with it
+    problems = runtime_problems(template)
+    # Then all match, so `sam build` works without Docker
+    assert problems == []
+
+
+def test_every_schedule_is_a_rate_or_a_six_field_cron(template: Template) -> None:
+    # Given the template
+    # When every schedule expression is parsed
+    problems = schedule_problems(template)
+    # Then EventBridge would accept each
+    assert problems == []
+
+
+def test_no_iam_statement_grants_wildcard_actions_or_resources(template: Template) -> None:
+    # Given every IAM statement of the template, key policies included
+    # When actions and resources are inspected
+    problems = iam_problems(template)
+    # Then none is "*" or "service:*", and "*" resources appear only in key policies
+    assert problems == []
+    assert len(list(policy_statements(template["Resources"]))) >= 5
+
+
+def test_every_function_handler_exists_on_disk(template: Template) -> None:
+    # Given each function's CodeUri and Handler
+    # When the handler module's text is read (not imported)
+    problems = handler_problems(template)
+    # Then it defines the named attribute
+    assert problems == []
+
+
+def test_every_dead_letter_queue_has_an_alarm(template: Template) -> None:
+    # Given the queues that serve as DLQs
+    # When the alarms are matched to them
+    problems = dlq_alarm_problems(template)
+    # Then each DLQ is watched
+    assert problems == []
+
+
+def test_api_routes_and_their_authorization(template: Template) -> None:
+    # Given the template, read as the local runtime reads it
+    stack = Provisioned(template=template, parameters=parameter_values(template))
+    # When the HTTP routes are listed
+    routes = set(stack.http_routes())
+    # Then staff routes need the JWT and only the public lead form is open
+    assert routes == {
+        ("POST", "/leads", "StaffJwt"),
+        ("GET", "/leads/{id}", "StaffJwt"),
+        ("GET", "/jobs/{id}", "StaffJwt"),
+        ("POST", "/public/leads", None),
+    }
+    # And the open route is throttled harder than the API's default
+    defaults = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    public_route = next(
+        props for _, _, props in events_of(template, "HttpApi") if props["Path"] == "/public/leads"
+    )
+    throttling = public_route["RouteSettings"]
+    assert throttling["ThrottlingRateLimit"] < defaults["ThrottlingRateLimit"]
+    assert throttling["ThrottlingBurstLimit"] < defaults["ThrottlingBurstLimit"]
+
+
+def test_globals_carry_the_settings_the_code_reads(template: Template) -> None:
+    # Given the template with its default parameters
+    stack = Provisioned(template=template, parameters=parameter_values(template))
+    # When each function's environment is resolved
+    environments = {
+        spec.logical_id: stack.function_environment(spec.logical_id)
+        for spec in stack.functions()
+        if spec.logical_id != "ApiFunction"
+    }
+    # Then every function gets the shared settings
+    for environment in environments.values():
+        assert environment["POWERTOOLS_SERVICE_NAME"] == "frontdesk"
+        assert environment["FRONTDESK_ENV"] == "dev"
+        assert environment["DB_CONNECT_TIMEOUT_SECONDS"] == "5"
+        assert environment["DB_STATEMENT_TIMEOUT_MS"] == "5000"
+        assert "DATABASE_SECRET_ARN" in environment
+
+
+# ---------------------------------------------------------------- the checks catch mistakes
+
+
+def broken(template: Template, change: Any) -> Template:
+    copied = copy.deepcopy(template)
+    change(copied)
+    return copied
+
+
+def test_checks_catch_a_misspelt_function_response_type(template: Template) -> None:
+    # Given a template whose worker says ReportBatchItemFailure (no s)
+    def misspell(t: Template) -> None:
+        event = t["Resources"]["NotifyWorker"]["Properties"]["Events"]["Notifications"]
+        event["Properties"]["FunctionResponseTypes"] = ["ReportBatchItemFailure"]
+
+    # When the SQS check runs / Then it reports it
+    assert any("FunctionResponseTypes" in p for p in sqs_problems(broken(template, misspell)))
+
+
+def test_checks_catch_a_short_visibility_timeout(template: Template) -> None:
+    # Given a worker whose timeout grew without the queue's visibility timeout
+    def grow(t: Template) -> None:
+        t["Resources"]["NotifyWorker"]["Properties"]["Timeout"] = 60
+
+    # When the SQS check runs / Then it reports it
+    assert any("VisibilityTimeout" in p for p in sqs_problems(broken(template, grow)))
+
+
+def test_checks_catch_a_wrong_runtime_name(template: Template) -> None:
+    # Given a template that says python3.1 (a typo)
+    def typo(t: Template) -> None:
+        t["Globals"]["Function"]["Runtime"] = "python3.1"
+
+    # When the runtime check runs / Then it reports it
+    assert runtime_problems(broken(template, typo))
+
+
+def test_checks_catch_a_five_field_cron(template: Template) -> None:
+    # Given a Unix-style cron on the sweeper
+    def unix_cron(t: Template) -> None:
+        event = t["Resources"]["OutboxSweeper"]["Properties"]["Events"]["Sweep"]
+        event["Properties"]["Schedule"] = "cron(0 * * * *)"
+
+    # When the schedule check runs / Then it reports it
+    assert any("6 fields" in p for p in schedule_problems(broken(template, unix_cron)))
+
+
+def test_checks_catch_wildcard_actions(template: Template) -> None:
+    # Given a policy that grants sqs:*
+    def widen(t: Template) -> None:
+        statements = t["Resources"]["OutboxSweeper"]["Properties"]["Policies"][0]["Statement"]
+        statements.append({"Effect": "Allow", "Action": "sqs:*", "Resource": "*"})
+
+    # When the IAM check runs / Then both the action and the resource are reported
+    problems = iam_problems(broken(template, widen))
+    assert any("sqs:*" in p for p in problems)
+    assert any("Resource '*'" in p for p in problems)
+
+
+def test_checks_catch_a_missing_handler_and_an_unwatched_dlq(template: Template) -> None:
+    # Given a function pointing at a module that does not exist, and no alarms
+    def damage(t: Template) -> None:
+        t["Resources"]["OutboxSweeper"]["Properties"]["Handler"] = "missing.handler"
+        for alarm_id in resources(t, "AWS::CloudWatch::Alarm"):
+            del t["Resources"][alarm_id]
+
+    damaged = broken(template, damage)
+    # When the checks run / Then both are reported
+    assert any("missing.py" in p for p in handler_problems(damaged))
+    assert dlq_alarm_problems(damaged)
+
+
+# ---------------------------------------------------------------- sample events
+
+
+def sample_event(function_id: str, template: Template) -> dict[str, Any]:
+    code_uri = str(template["Resources"][function_id]["Properties"]["CodeUri"])
+    path = REPO / "events" / f"{code_uri.rstrip('/').rsplit('/', 1)[-1]}.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Template) -> None:
+    # Given each function and events/<its code folder>.json
+    stack = Provisioned(template=template, parameters=parameter_values(template))
+    for function_id, function in resources(template, "AWS::Serverless::Function").items():
+        event = sample_event(function_id, template)
+        kinds = {e["Type"] for e in (function["Properties"].get("Events") or {}).values()}
+        # When its trigger is looked up / Then the sample has that trigger's shape
+        if "SQS" in kinds:
+            record = event["Records"][0]
+            assert record["eventSource"] == "aws:sqs"
+            assert {"messageId", "receiptHandle", "body", "attributes", "md5OfBody"} <= set(record)
+        elif "HttpApi" in kinds:
+            assert event["version"] == "2.0"
+            method, path = event["routeKey"].split(" ", 1)
+            assert (method, path) in {(r.method, r.path) for r in stack.http_routes(function_id)}
+            assert event["requestContext"]["http"]["method"] == method
+        elif "Schedule" in kinds:
+            assert event["detail-type"] == "Scheduled Event"
+            assert event["source"] == "aws.events"
+        else:
+            pytest.fail(f"{function_id}: no sample event check for {kinds}")
