@@ -13,7 +13,6 @@ import boto3
 import httpx
 import pytest
 from moto import mock_aws
-from moto.server import ThreadedMotoServer
 
 from local.template import Provisioned, load_template, provision
 
@@ -149,23 +148,17 @@ def test_provisioning_twice_reuses_everything(
     assert attributes["ApproximateNumberOfMessages"] == "1"
 
 
-def test_provisioning_against_a_moto_server_is_idempotent_across_runs() -> None:
-    # Given a moto server, as the local runtime starts it
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint_url = f"http://{host}:{port}"
-    try:
-        # When two runs, each with its own session, provision the template through its URL
-        first = provision(load_template(), new_session(), endpoint_url)
-        second = provision(load_template(), new_session(), endpoint_url)
-        # Then the second finds what the first created
-        assert second.physical == first.physical
-        assert first.physical["NotificationsQueue"]["QueueUrl"].startswith(endpoint_url)
-    finally:
-        # The server shares moto's in-process state: leave none behind for other tests.
-        httpx.post(f"{endpoint_url}/moto-api/reset", timeout=5).raise_for_status()
-        server.stop()
+def test_provisioning_against_a_moto_server_is_idempotent_across_runs(moto_url: str) -> None:
+    # Given the session's moto server, freshly reset, as the local runtime would use it
+    httpx.post(f"{moto_url}/moto-api/reset", timeout=5).raise_for_status()
+    # When two runs, each with its own session, provision the template through its URL
+    first = provision(load_template(), new_session(), moto_url)
+    second = provision(load_template(), new_session(), moto_url)
+    # Then the second finds what the first created
+    assert second.physical == first.physical
+    assert first.physical["NotificationsQueue"]["QueueUrl"].startswith(moto_url)
+    queues = new_session().client("sqs", endpoint_url=moto_url).list_queues()["QueueUrls"]
+    assert len(queues) == 2
 
 
 def test_sqs_event_sources_point_at_the_provisioned_queue(stack: Provisioned) -> None:
