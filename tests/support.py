@@ -65,8 +65,12 @@ def sqs_event(bodies: list[str], *, receive_count: int = 1, request_id: str | No
         record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
         if request_id:
             record["messageAttributes"] = {
-                "requestId": {"stringValue": request_id, "dataType": "String",
-                              "stringListValues": [], "binaryListValues": []}
+                "requestId": {
+                    "stringValue": request_id,
+                    "dataType": "String",
+                    "stringListValues": [],
+                    "binaryListValues": [],
+                }
             }
         records.append(record)
     return {"Records": records}

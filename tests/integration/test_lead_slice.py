@@ -41,7 +41,9 @@ def call(api: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
     return http_response(api.handler(event, LambdaContext()))
 
 
-def post_lead(api: Any, body: dict[str, Any] | None = None, **headers: str) -> tuple[int, dict[str, str], Any]:
+def post_lead(
+    api: Any, body: dict[str, Any] | None = None, **headers: str
+) -> tuple[int, dict[str, str], Any]:
     event = http_event(
         "POST", "/public/leads", body=body or PERSON, headers={"x-form-key": FORM_KEY, **headers}
     )
@@ -55,7 +57,9 @@ def rows(app: App, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def drain_notifications(app: App, notify: Any, **kwargs: Any) -> int:
     """Run NotifyWorker over the queue like Lambda's event source mapping; return records seen."""
-    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == "NotifyWorker")
+    source = next(
+        s for s in app.stack.sqs_event_sources() if s.function_logical_id == "NotifyWorker"
+    )
     seen = 0
     while True:
         result = poll_once(
@@ -115,13 +119,19 @@ def test_staff_reads_own_clinics_lead_decrypted_and_others_get_404(app: App, api
     assert status == 200
     assert body["data"]["email"] == PERSON["email"] and body["data"]["name"] == PERSON["name"]
     assert body["data"]["duplicateOf"] is None
-    status, _, body = call(api, http_event("GET", f"/leads/{lead_id}", clinic_id=app.other_clinic_id))
+    status, _, body = call(
+        api, http_event("GET", f"/leads/{lead_id}", clinic_id=app.other_clinic_id)
+    )
     assert status == 404 and body["title"] == "Not found"
     job_id = created["data"]["jobId"]
     status, _, _ = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=app.other_clinic_id))
     assert status == 404
     status, _, job = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=app.clinic_id))
-    assert status == 200 and job["data"]["status"] == "queued" and job["data"]["kind"] == "notify.lead_created"
+    assert (
+        status == 200
+        and job["data"]["status"] == "queued"
+        and job["data"]["kind"] == "notify.lead_created"
+    )
 
 
 def test_staff_can_create_and_duplicates_are_linked(app: App, api: Any) -> None:
@@ -132,7 +142,9 @@ def test_staff_can_create_and_duplicates_are_linked(app: App, api: Any) -> None:
     assert status == 201
     assert second["data"]["duplicateOf"] == first["data"]["id"]
     # Another clinic's identical lead is not a duplicate of this one
-    status, _, third = call(api, http_event("POST", "/leads", body=again, clinic_id=app.other_clinic_id))
+    status, _, third = call(
+        api, http_event("POST", "/leads", body=again, clinic_id=app.other_clinic_id)
+    )
     assert status == 201 and third["data"]["duplicateOf"] is None
 
 
@@ -141,7 +153,9 @@ def test_idempotency_key_replays_and_refuses_a_different_body(app: App, api: Any
     status2, headers2, second = post_lead(api, **{"idempotency-key": "form-submit-1"})
     assert (status1, status2) == (201, 201)
     assert second["data"] == first["data"] and headers2["idempotent-replayed"] == "true"
-    status3, _, problem = post_lead(api, {**PERSON, "notes": "other"}, **{"idempotency-key": "form-submit-1"})
+    status3, _, problem = post_lead(
+        api, {**PERSON, "notes": "other"}, **{"idempotency-key": "form-submit-1"}
+    )
     assert status3 == 422 and "Idempotency-Key" in problem["title"]
     assert rows(app, "SELECT count(*) FROM leads") == [(1,)]
     assert rows(app, "SELECT count(*) FROM jobs") == [(1,)]
@@ -151,13 +165,20 @@ def test_idempotency_key_replays_and_refuses_a_different_body(app: App, api: Any
 def test_bad_input_writes_nothing(app: App, api: Any) -> None:
     status, _, _ = post_lead(api, {"name": "No contact", "consent": True})
     assert status == 422
-    status, _, _ = call(api, http_event("POST", "/public/leads", body=PERSON, headers={"x-form-key": "wrong"}))
+    status, _, _ = call(
+        api, http_event("POST", "/public/leads", body=PERSON, headers={"x-form-key": "wrong"})
+    )
     assert status == 401
-    assert rows(app, "SELECT (SELECT count(*) FROM leads) + (SELECT count(*) FROM jobs) "
-                     "+ (SELECT count(*) FROM outbox) + (SELECT count(*) FROM idempotency_keys)") == [(0,)]
+    assert rows(
+        app,
+        "SELECT (SELECT count(*) FROM leads) + (SELECT count(*) FROM jobs) "
+        "+ (SELECT count(*) FROM outbox) + (SELECT count(*) FROM idempotency_keys)",
+    ) == [(0,)]
 
 
-def test_notify_worker_sends_one_email_even_when_delivered_twice(app: App, api: Any, notify: Any) -> None:
+def test_notify_worker_sends_one_email_even_when_delivered_twice(
+    app: App, api: Any, notify: Any
+) -> None:
     # Given two leads
     _, _, a = post_lead(api)
     _, _, b = post_lead(api, {**PERSON, "email": "other@example.org"})
@@ -169,12 +190,13 @@ def test_notify_worker_sends_one_email_even_when_delivered_twice(app: App, api: 
     assert {e["destinations"]["ToAddresses"][0] for e in emails} == {"staff@clinic.example"}
     assert all("grace" not in json.dumps(e).lower() for e in emails)
     for created in (a, b):
-        assert rows(app, "SELECT status, progress FROM jobs WHERE id = %s", created["data"]["jobId"]) == [
-            ("succeeded", 100)
-        ]
+        assert rows(
+            app, "SELECT status, progress FROM jobs WHERE id = %s", created["data"]["jobId"]
+        ) == [("succeeded", 100)]
     # When the same message is delivered again (SQS at-least-once)
-    body = json.dumps({"jobId": a["data"]["jobId"], "kind": "notify.lead_created",
-                       "clinicId": str(app.clinic_id)})
+    body = json.dumps(
+        {"jobId": a["data"]["jobId"], "kind": "notify.lead_created", "clinicId": str(app.clinic_id)}
+    )
     answer = notify.handler(sqs_event([body, body]), LambdaContext())
     # Then nothing fails and nothing more is sent
     assert answer == {"batchItemFailures": []}
@@ -182,7 +204,9 @@ def test_notify_worker_sends_one_email_even_when_delivered_twice(app: App, api: 
     assert rows(app, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'") == [(2,)]
 
 
-def test_a_malformed_message_fails_alone_and_is_dead_lettered(app: App, api: Any, notify: Any) -> None:
+def test_a_malformed_message_fails_alone_and_is_dead_lettered(
+    app: App, api: Any, notify: Any
+) -> None:
     # Given a good message and a malformed one on the queue
     post_lead(api)
     sqs = app.sqs()
@@ -206,8 +230,10 @@ def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
     # Given SQS and EventBridge unreachable for the request (nothing listens on port 9)
     dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
     broken = outbox.Publisher(
-        {"notifications": app.queue_url("NotificationsQueue")}, "unused",
-        sqs=boto3.client("sqs", **dead), events=boto3.client("events", **dead),
+        {"notifications": app.queue_url("NotificationsQueue")},
+        "unused",
+        sqs=boto3.client("sqs", **dead),
+        events=boto3.client("events", **dead),
     )
     web_app.lead_ports.cache_clear()
     monkeypatch.setattr(web_app, "default_publisher", lambda: broken)
@@ -235,8 +261,11 @@ def test_one_connection_is_reused_across_invocations(app: App, api: Any) -> None
         post_lead(api)
         call(api, http_event("GET", f"/jobs/{uuid.uuid4()}", clinic_id=app.clinic_id))
     assert database.connects == before  # type: ignore[attr-defined]
-    assert rows(app, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'frontdesk' "
-                     "AND datname = current_database()") == [(1,)]
+    assert rows(
+        app,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'frontdesk' "
+        "AND datname = current_database()",
+    ) == [(1,)]
 
 
 @pytest.fixture

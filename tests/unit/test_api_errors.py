@@ -33,8 +33,12 @@ def assert_problem(headers: dict[str, str], body: dict[str, Any], status: int, r
 
 def test_invalid_body_is_422_and_echoes_no_values(api: Any) -> None:
     # Given a lead without email or phone and a bad email elsewhere
-    event = http_event("POST", "/leads", body={"name": "Ada", "email": "ada-at-x", "consent": True},
-                       clinic_id=CLINIC)
+    event = http_event(
+        "POST",
+        "/leads",
+        body={"name": "Ada", "email": "ada-at-x", "consent": True},
+        clinic_id=CLINIC,
+    )
     # When it is posted
     status, headers, body = call(api, event)
     # Then it is a 422 problem that names the field but not the value
@@ -45,15 +49,22 @@ def test_invalid_body_is_422_and_echoes_no_values(api: Any) -> None:
 
 
 def test_not_json_is_415(api: Any) -> None:
-    event = http_event("POST", "/leads", body="name=Ada", clinic_id=CLINIC,
-                       headers={"content-type": "application/x-www-form-urlencoded"})
+    event = http_event(
+        "POST",
+        "/leads",
+        body="name=Ada",
+        clinic_id=CLINIC,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     status, headers, body = call(api, event)
     assert status == 415
     assert_problem(headers, body, 415, event["requestContext"]["requestId"])
 
 
 def test_oversized_body_is_413(api: Any) -> None:
-    event = http_event("POST", "/leads", body={"name": "A", "notes": "x" * 70_000}, clinic_id=CLINIC)
+    event = http_event(
+        "POST", "/leads", body={"name": "A", "notes": "x" * 70_000}, clinic_id=CLINIC
+    )
     event["headers"]["content-length"] = str(len(event["body"]))
     status, _, body = call(api, event)
     assert status == 413 and body["title"] == "Payload too large"
@@ -88,8 +99,12 @@ def test_bad_path_parameter_is_422(api: Any) -> None:
 
 
 def test_bad_idempotency_key_is_422_before_any_write(api: Any) -> None:
-    event = http_event("POST", "/public/leads", body={"name": "Ada", "phone": "+15550100", "consent": True},
-                       headers={"idempotency-key": "x" * 300})
+    event = http_event(
+        "POST",
+        "/public/leads",
+        body={"name": "Ada", "phone": "+15550100", "consent": True},
+        headers={"idempotency-key": "x" * 300},
+    )
     status, _, _ = call(api, event)
     # No form key: refused before the body or the key is looked at.
     assert status == 401

