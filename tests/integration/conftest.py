@@ -44,8 +44,8 @@ def stack(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """template.yaml's resources in a freshly reset moto, and every function's environment."""
     from local.template import load_template, provision
 
-    request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request).close()  # noqa: S310
+    reset = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")  # noqa: S310
+    urllib.request.urlopen(reset).close()  # noqa: S310
     provisioned = provision(load_template(), boto3.session.Session(), moto_url)
     for function in provisioned.functions():
         for name, value in provisioned.function_environment(function.logical_id).items():

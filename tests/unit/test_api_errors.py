@@ -76,7 +76,7 @@ def test_malformed_json_is_422(api: Any) -> None:
 
 
 def test_staff_route_without_claims_is_401(api: Any) -> None:
-    status, _, body = call(api, http_event("GET", f"/leads/{uuid.uuid4()}"))
+    status, _, _ = call(api, http_event("GET", f"/leads/{uuid.uuid4()}"))
     assert status == 401
 
 

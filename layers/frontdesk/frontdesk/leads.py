@@ -91,7 +91,7 @@ def create_lead(
             idempotency,
             201,
             lambda: _insert_lead(cur, ports, clinic_id, lead, request_id),
-            nothing=[],
+            nothing=list[int](),
         )
     outbox.relay(db, outbox_ids, ports.publisher)
     return outcome

@@ -25,8 +25,8 @@ def _mailer() -> notifications.Mailer:
 
 
 def _request_id(record: SQSRecord) -> str | None:
-    attributes = record.message_attributes
-    return attributes["requestId"].string_value if "requestId" in attributes else None
+    attribute = record.message_attributes["requestId"]  # None when absent
+    return attribute.string_value if attribute is not None else None
 
 
 def notify_record(record: SQSRecord) -> str:

@@ -66,6 +66,8 @@ def request_id_of(scope: Scope) -> str:
         rid = event.get("requestContext", {}).get("requestId")
         if rid:
             return str(rid)
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
