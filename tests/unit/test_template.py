@@ -90,6 +90,11 @@ def sqs_problems(template: Template) -> list[str]:
         concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
         if not isinstance(concurrency, int) or not 2 <= concurrency <= 1000:
             problems.append(f"{where}: ScalingConfig.MaximumConcurrency not in 2..1000")
+        variables = (
+            template["Resources"][function_id]["Properties"].get("Environment") or {}
+        ).get("Variables", {})
+        if str(variables.get("MAX_RECEIVE_COUNT")) != str(redrive.get("maxReceiveCount")):
+            problems.append(f"{where}: MAX_RECEIVE_COUNT is not the queue's maxReceiveCount")
     return problems
 
 
@@ -323,6 +328,16 @@ def test_checks_catch_a_short_visibility_timeout(template: Template) -> None:
 
     # When the SQS check runs / Then it reports it
     assert any("VisibilityTimeout" in p for p in sqs_problems(broken(template, grow)))
+
+
+def test_checks_catch_a_worker_that_miscounts_its_last_attempt(template: Template) -> None:
+    # Given a queue whose maxReceiveCount changed without the worker's MAX_RECEIVE_COUNT
+    def raise_count(t: Template) -> None:
+        t["Resources"]["NotificationsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] = 8
+
+    # When the SQS check runs / Then it reports it
+    problems = sqs_problems(broken(template, raise_count))
+    assert any("MAX_RECEIVE_COUNT" in p for p in problems)
 
 
 def test_checks_catch_a_wrong_runtime_name(template: Template) -> None:
