@@ -7,7 +7,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 export PYTHONPATH := layers/frontdesk:.
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.frontdesk/run
 
-.PHONY: dev test test-db lint build bench clean
+.PHONY: dev test test-db lint build bench migrate clean
 
 $(VENV)/.installed: requirements-dev.txt layers/frontdesk/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed
 ## make build: sam build without Docker (python3.11 on PATH)
 build: $(SAM_VENV)/.installed
 	$(SAM) build --build-dir .aws-sam/build
+
+## make migrate: apply db/migrations to the database at DATABASE_URL (deployments)
+migrate: $(VENV)/.installed
+	$(PY) -m frontdesk.migrations db/migrations
 
 ## make bench: benchmarks; results in bench/results/
 bench: $(VENV)/.installed .frontdesk/run

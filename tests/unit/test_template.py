@@ -90,9 +90,9 @@ def sqs_problems(template: Template) -> list[str]:
         concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
         if not isinstance(concurrency, int) or not 2 <= concurrency <= 1000:
             problems.append(f"{where}: ScalingConfig.MaximumConcurrency not in 2..1000")
-        variables = (
-            template["Resources"][function_id]["Properties"].get("Environment") or {}
-        ).get("Variables", {})
+        variables = (template["Resources"][function_id]["Properties"].get("Environment") or {}).get(
+            "Variables", {}
+        )
         if str(variables.get("MAX_RECEIVE_COUNT")) != str(redrive.get("maxReceiveCount")):
             problems.append(f"{where}: MAX_RECEIVE_COUNT is not the queue's maxReceiveCount")
     return problems

@@ -51,3 +51,20 @@ def migrate(conninfo: str, directory: Path) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied
+
+
+def main() -> None:
+    """`python -m frontdesk.migrations [directory]`: migrate the database at DATABASE_URL."""
+    import os
+    import sys
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("set DATABASE_URL to the database to migrate")
+    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("db/migrations")
+    applied = migrate(url, directory)
+    print("applied:", ", ".join(applied) or "nothing pending")
+
+
+if __name__ == "__main__":
+    main()
