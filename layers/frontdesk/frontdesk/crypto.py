@@ -21,9 +21,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from frontdesk.errors import ServiceUnavailable
 
 _NONCE_BYTES = 12
 
@@ -43,17 +45,26 @@ class KmsKeyService:
         self._key_id = key_id
 
     def generate_data_key(self) -> tuple[bytes, bytes, str]:
-        from frontdesk.clients.aws import client
-
-        answer = client("kms").generate_data_key(KeyId=self._key_id, KeySpec="AES_256")
+        answer = self._call("generate_data_key", KeyId=self._key_id, KeySpec="AES_256")
         return answer["Plaintext"], answer["CiphertextBlob"], str(answer["KeyId"])
 
     def decrypt_data_key(self, encrypted_key: bytes) -> bytes:
-        from frontdesk.clients.aws import client
-
-        answer = client("kms").decrypt(CiphertextBlob=encrypted_key, KeyId=self._key_id)
+        answer = self._call("decrypt", CiphertextBlob=encrypted_key, KeyId=self._key_id)
         plaintext: bytes = answer["Plaintext"]
         return plaintext
+
+    @staticmethod
+    def _call(operation: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from frontdesk.clients.aws import client
+
+        try:
+            return getattr(client("kms"), operation)(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise ServiceUnavailable(
+                f"the key service is unavailable ({type(exc).__name__})"
+            ) from exc
 
 
 @dataclass(frozen=True)

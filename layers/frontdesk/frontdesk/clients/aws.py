@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from frontdesk.config import get_settings
+from frontdesk.errors import ServiceUnavailable
 
 _lock = threading.Lock()
 
@@ -42,8 +43,13 @@ def client(service: str) -> Any:
 def get_secret(secret_id: str, max_age_seconds: int = 300) -> str:
     """A Secrets Manager secret's string, cached per container (Powertools parameters)."""
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
-    value = _secrets_provider(SecretsProvider).get(secret_id, max_age=max_age_seconds)
+    try:
+        value = _secrets_provider(SecretsProvider).get(secret_id, max_age=max_age_seconds)
+    except GetParameterError as exc:
+        # The message names the secret, not its value.
+        raise ServiceUnavailable("a secret could not be read; retry later") from exc
     return str(value)
 
 
