@@ -1,9 +1,10 @@
 """ApiFunction: API Gateway HTTP API -> FastAPI via Mangum."""
 
 from aws_lambda_powertools.logging import correlation_paths
+from mangum import Mangum
+
 from frontdesk.observability import logger
 from frontdesk.web.app import create_app
-from mangum import Mangum
 
 app = create_app()
 _asgi = Mangum(

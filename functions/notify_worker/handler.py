@@ -6,6 +6,7 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
+
 from frontdesk.observability import logger, metrics
 from frontdesk.workers import notify_record
 

@@ -12,7 +12,13 @@ import pytest
 from frontdesk.migrations import migrate
 from tests.conftest import MIGRATIONS, with_dbname
 from tests.integration.conftest import FORM_KEY, App
-from tests.support import LambdaContext, http_event, http_response, load_handler, reset_process_state
+from tests.support import (
+    LambdaContext,
+    http_event,
+    http_response,
+    load_handler,
+    reset_process_state,
+)
 
 LEAD = {"name": "Ada", "email": "ada@example.org", "consent": True}
 
@@ -76,8 +82,7 @@ def test_migrations_racing_apply_each_file_once(pg_admin_url: str) -> None:
     url = with_dbname(pg_admin_url, name)
     results: list[list[str]] = []
     threads = [
-        threading.Thread(target=lambda: results.append(migrate(url, MIGRATIONS)))
-        for _ in range(2)
+        threading.Thread(target=lambda: results.append(migrate(url, MIGRATIONS))) for _ in range(2)
     ]
     for thread in threads:
         thread.start()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from frontdesk.leads import LeadIn
 from pydantic import ValidationError
+
+from frontdesk.leads import LeadIn
 
 
 def lead(**fields: object) -> dict[str, object]:
