@@ -16,7 +16,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from frontdesk.db import Cursor
+from frontdesk.db import Cursor, Database, transaction
 from frontdesk.errors import IdempotencyKeyReused, InvalidInput
 
 MAX_KEY_LENGTH = 255
@@ -96,3 +96,16 @@ def run_once(
         },
     )
     return Outcome(status_code, data, replayed=False), extra
+
+
+def purge_expired(db: Database, retention_hours: int = 24, limit: int = 10_000) -> int:
+    """Forget keys older than the retention (a retry after that is a new request)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM idempotency_keys
+                   WHERE created_at < now() - make_interval(hours => %(hours)s)
+                   LIMIT %(limit)s))""",
+            {"hours": retention_hours, "limit": limit},
+        )
+        return cur.rowcount

@@ -12,7 +12,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from frontdesk import notifications, outbox
+from frontdesk import idempotency, notifications, outbox
 from frontdesk.config import get_settings
 from frontdesk.db import get_database
 from frontdesk.errors import PermanentMessageError
@@ -65,7 +65,7 @@ def sweep_outbox() -> dict[str, Any]:
     db = get_database()
     min_age = get_settings().outbox_sweep_min_age_seconds
     result = outbox.sweep(db, outbox.default_publisher(), min_age_seconds=min_age)
-    purged = outbox.purge_sent(db)
+    purged = outbox.purge_sent(db) + idempotency.purge_expired(db)
     metrics.add_metric(name="OutboxSwept", unit=MetricUnit.Count, value=len(result.sent))
     metrics.add_metric(name="OutboxSweepFailed", unit=MetricUnit.Count, value=len(result.failed))
     logger.info(
