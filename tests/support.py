@@ -111,13 +111,13 @@ def reset_process_state() -> None:
     """Forget every per-container cache, as a new Lambda container would."""
     from frontdesk import config, crypto, db, workers
     from frontdesk.clients import aws
-    from frontdesk.web import app
+    from frontdesk.web import routes_leads
 
     config.get_settings.cache_clear()
     aws.client.cache_clear()
     aws._secrets_provider.cache_clear()
     crypto.reset()
-    app.lead_ports.cache_clear()
+    routes_leads.lead_ports.cache_clear()
     workers._mailer.cache_clear()
     database = db._database
     if database is not None:

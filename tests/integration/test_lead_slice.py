@@ -225,7 +225,7 @@ def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
 ) -> None:
     from frontdesk import outbox
     from frontdesk.config import get_settings
-    from frontdesk.web import app as web_app
+    from frontdesk.web import routes_leads as web_app
 
     # Given SQS and EventBridge unreachable for the request (nothing listens on port 9)
     dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}

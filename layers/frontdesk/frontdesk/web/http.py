@@ -59,6 +59,12 @@ class ProblemDetails(BaseModel):
     errors: list[dict[str, Any]] | None = Field(default=None)
 
 
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProblemDetails, "content": {"application/problem+json": {}}}
+    for status in (401, 403, 404, 413, 415, 422, 503)
+}
+
+
 def request_id_of(scope: Scope) -> str:
     """API Gateway's request id in Lambda; a caller's X-Request-Id locally; else a new one."""
     event = scope.get("aws.event")
