@@ -21,13 +21,13 @@ import secrets
 import signal
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from local.functions import LocalFunction, load_handler_module
+from local.mail import render, sent_emails
 from local.template import REPO, Provisioned, load_template, provision
 
 log = logging.getLogger("local")
@@ -55,6 +55,7 @@ class DevRuntime:
         self._moto: Any = None
         self._uvicorn: Any = None
         self._emails_seen = 0
+        self._subjects: dict[str, str] = {}
         self._emails_lock = threading.Lock()
 
     # ------------------------------------------------------------------ start
@@ -64,6 +65,11 @@ class DevRuntime:
         database_url = self._start_database()
         aws_url = self._start_aws()
         stack = provision(load_template(), _boto_session(), aws_url)
+        self._subjects = {
+            str(spec["TemplateName"]): str(spec.get("SubjectPart", ""))
+            for resource in stack.resources("AWS::SES::Template").values()
+            for spec in [stack.resolve(resource["Properties"]["Template"])]
+        }
         secret = self._jwt_secret()
         self._export_environment(stack, database_url, aws_url, secret)
         self._seed()
@@ -287,21 +293,17 @@ class DevRuntime:
 
     def _after_invocation(self, function_id: str, response: Any) -> None:
         """Show the emails a function just sent, as a mail catcher would."""
-        aws_url = os.environ.get("AWS_ENDPOINT_URL", "")
         try:
-            with urllib.request.urlopen(f"{aws_url}/moto-api/data.json", timeout=5) as answer:  # noqa: S310
-                messages = json.load(answer).get("ses", {}).get("Message", [])
+            emails = sent_emails(os.environ.get("AWS_ENDPOINT_URL", ""))
         except Exception:  # not a moto endpoint
             return
         with self._emails_lock:
-            new, self._emails_seen = messages[self._emails_seen :], len(messages)
-        for message in new:
-            log.info(
-                "EMAIL sent by %s to %s: %r",
-                function_id,
-                ", ".join(message["destinations"].get("ToAddresses", [])),
-                message["subject"],
+            new, self._emails_seen = emails[self._emails_seen :], len(emails)
+        for email in new:
+            subject = email.subject or render(
+                self._subjects.get(email.template or "", ""), email.data
             )
+            log.info("EMAIL sent by %s to %s: %r", function_id, ", ".join(email.to), subject)
 
     # ------------------------------------------------------------------ stop
 

@@ -1091,6 +1091,25 @@ def generate_secret_string(spec: Mapping[str, Any]) -> str:
     return value
 
 
+def _create_ses_template(
+    stack: Provisioned, logical_id: str, properties: dict[str, Any], aws: _Clients
+) -> dict[str, Any]:
+    spec = stack.resolve(properties["Template"])
+    name = str(spec.get("TemplateName") or f"{stack.stack_name}-{logical_id}")
+    template = {
+        "TemplateName": name,
+        **{k: str(spec[k]) for k in ("SubjectPart", "TextPart", "HtmlPart") if k in spec},
+    }
+    ses = aws("ses")
+    try:
+        ses.create_template(Template=template)
+    except ClientError as exc:
+        if _error_code(exc) != "AlreadyExists":
+            raise
+        ses.update_template(Template=template)
+    return {"Ref": name}
+
+
 _CREATORS: dict[str, _Creator] = {
     "AWS::SQS::Queue": _create_queue,
     "AWS::Events::EventBus": _create_event_bus,
@@ -1098,6 +1117,7 @@ _CREATORS: dict[str, _Creator] = {
     "AWS::KMS::Key": _create_kms_key,
     "AWS::KMS::Alias": _create_kms_alias,
     "AWS::SecretsManager::Secret": _create_secret,
+    "AWS::SES::Template": _create_ses_template,
 }
 
 

@@ -1,22 +1,10 @@
 """NotifyWorker: SQS notifications queue -> one email per notification, partial batch failures."""
 
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-
 from frontdesk.observability import logger, metrics
-from frontdesk.workers import notify_record
-
-processor = BatchProcessor(event_type=EventType.SQS)
+from frontdesk.workers import handle_notifications
 
 
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event, context):  # type: ignore[no-untyped-def]
-    metrics.add_metric(name="NotifyRecords", unit=MetricUnit.Count, value=len(event["Records"]))
-    return process_partial_response(
-        event=event, record_handler=notify_record, processor=processor, context=context
-    )
+    return handle_notifications(event, context)

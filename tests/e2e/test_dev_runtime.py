@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from local.mail import SentEmail, sent_emails
 from tests.support import REPO
 
 T = TypeVar("T")
@@ -59,9 +60,8 @@ class DevProcess:
         self.log.flush()
         return (self.state_dir / "dev.log").read_text()
 
-    def emails(self) -> list[dict[str, Any]]:
-        answer = httpx.get(f"{self.info['awsEndpointUrl']}/moto-api/data.json", timeout=5)
-        return list(answer.json().get("ses", {}).get("Message", []))
+    def emails(self) -> list[SentEmail]:
+        return sent_emails(self.info["awsEndpointUrl"])
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
@@ -106,7 +106,8 @@ def test_a_lead_from_the_web_form_reaches_the_clinic_by_email(
         lead_id, job_id = created.json()["data"]["id"], created.json()["data"]["jobId"]
         # Then the clinic's email is sent by the worker the runtime polls for
         emails = wait_for("the email", dev.emails)
-        assert emails[0]["destinations"]["ToAddresses"] == ["frontdesk-staff@example.com"]
+        assert emails[0].to == ("frontdesk-staff@example.com",)
+        assert emails[0].data["leadId"] == lead_id
 
         def finished_job() -> dict[str, Any] | None:
             job: dict[str, Any] = httpx.get(f"{api}/jobs/{job_id}", headers=staff).json()["data"]

@@ -12,6 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
+from local import mail
+from local.mail import SentEmail
 from tests.support import reset_process_state
 
 FORM_KEY = "fk_test_form_key"
@@ -34,9 +36,9 @@ def moto_data(moto_url: str) -> dict[str, Any]:
     return data
 
 
-def sent_emails(moto_url: str) -> list[dict[str, Any]]:
+def sent_emails(moto_url: str) -> list[SentEmail]:
     """Every email SES accepted, as moto's data API shows it across processes."""
-    return list(moto_data(moto_url).get("ses", {}).get("Message", []))
+    return mail.sent_emails(moto_url)
 
 
 @pytest.fixture

@@ -187,8 +187,9 @@ def test_notify_worker_sends_one_email_even_when_delivered_twice(
     # Then two emails went to the clinic, without the person's details
     emails = sent_emails(app.moto_url)
     assert len(emails) == 2
-    assert {e["destinations"]["ToAddresses"][0] for e in emails} == {"staff@clinic.example"}
-    assert all("grace" not in json.dumps(e).lower() for e in emails)
+    assert {e.to for e in emails} == {("staff@clinic.example",)}
+    assert {e.data["leadId"] for e in emails} == {a["data"]["id"], b["data"]["id"]}
+    assert all("grace" not in json.dumps(e.data).lower() for e in emails)
     for created in (a, b):
         assert rows(
             app, "SELECT status, progress FROM jobs WHERE id = %s", created["data"]["jobId"]

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     # Notifications.
     sender_email: str = "frontdesk@example.com"
+    new_lead_email_template: str = "frontdesk-dev-new-lead"
 
     # The queues' maxReceiveCount (template.yaml): the attempt after which a message is
     # dead-lettered, so the worker can mark its job dead on that last attempt.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
 from frontdesk.db import Cursor, Database, transaction
-from frontdesk.errors import NotFound
+from frontdesk.errors import Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled", "dead")
 
@@ -68,24 +69,47 @@ def finish(
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> None:
+    finish_many(cur, [job_id], status, results=[result], errors=[error])
+
+
+def finish_many(
+    cur: Cursor,
+    job_ids: Sequence[UUID],
+    status: str,
+    *,
+    results: Sequence[dict[str, Any] | None] | None = None,
+    errors: Sequence[str | None] | None = None,
+) -> None:
+    """Finish jobs in one statement, each with its own result and error."""
     assert status in TERMINAL
     cur.execute(
-        """UPDATE jobs SET status = %(status)s, result = %(result)s, error = %(error)s,
+        """UPDATE jobs SET status = %(status)s, result = f.result, error = f.error,
                   progress = CASE WHEN %(status)s = 'succeeded' THEN 100 ELSE progress END,
                   finished_at = now(), updated_at = now()
-           WHERE id = %(id)s""",
+           FROM unnest(%(ids)s::uuid[], %(results)s::jsonb[], %(errors)s::text[])
+               AS f(id, result, error)
+           WHERE jobs.id = f.id""",
         {
-            "id": job_id,
             "status": status,
-            "result": Jsonb(result) if result is not None else None,
-            "error": error,
+            "ids": list(job_ids),
+            "results": [
+                Jsonb(r) if r is not None else None for r in results or [None] * len(job_ids)
+            ],
+            "errors": list(errors or [None] * len(job_ids)),
         },
     )
 
 
-def record_error(cur: Cursor, job_id: UUID, error: str) -> None:
-    """A failed attempt that will be retried: the job stays running, the error is visible."""
+def record_errors(cur: Cursor, job_ids: Sequence[UUID], errors: Sequence[str]) -> None:
+    """Failed attempts that will be retried: the jobs stay running, the errors are visible."""
     cur.execute(
-        "UPDATE jobs SET error = %(error)s, updated_at = now() WHERE id = %(id)s",
-        {"id": job_id, "error": error},
+        """UPDATE jobs SET error = f.error, updated_at = now()
+           FROM unnest(%(ids)s::uuid[], %(errors)s::text[]) AS f(id, error)
+           WHERE jobs.id = f.id""",
+        {"ids": list(job_ids), "errors": list(errors)},
     )
+
+
+def record_error(cur: Cursor, job_id: UUID, error: str) -> None:
+    record_errors(cur, [job_id], [error])
+

@@ -1,15 +1,19 @@
 """Notifications: one email per notification id, however often its message arrives.
 
-Per message: (1) a short transaction starts the job and claims the delivery row;
-(2) the email goes out with no transaction open; (3) a short transaction marks the
-delivery sent and the job succeeded. A redelivered message finds the job finished or the
-delivery sent and sends nothing. The one window left is a crash between (2) and (3):
-the claim expires and the message, redelivered, sends again. SES has no idempotency
-token to close it, so it is kept as short as two statements.
+A batch of queue messages is handled set-based, in three steps whatever its size:
+(1) one short transaction starts the batch's jobs and claims their delivery rows;
+(2) one SES SendBulkTemplatedEmail call sends every claimed email, with no transaction
+open; (3) one short transaction marks the deliveries sent and the jobs succeeded (or
+records each failure). A redelivered message finds its job finished or its delivery sent
+and sends nothing. The one window left is a crash between (2) and (3): the claims expire
+and the redelivered messages send again. SES has no idempotency token to close it, so it
+is kept as short as one transaction.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -17,10 +21,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from frontdesk import jobs
-from frontdesk.db import Database, transaction
+from frontdesk.db import Cursor, Database, transaction
 from frontdesk.errors import PermanentMessageError
 
 _CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
+SES_BULK_LIMIT = 50  # destinations per SendBulkTemplatedEmail call
 
 
 class NotifyMessage(BaseModel):
@@ -53,170 +58,282 @@ class PermanentDeliveryError(Exception):
     """Retrying cannot help (a rejected address): the job fails at once."""
 
 
+@dataclass(frozen=True)
+class Email:
+    to: str
+    data: dict[str, str]  # the template's placeholders
+
+
 class Mailer(Protocol):
-    def send_email(self, *, sender: str, to: str, subject: str, text: str) -> str:
-        """Send one email; return the provider's message id."""
+    def send_templated(
+        self, *, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
+        """Send each email; per email, the provider's message id or the error."""
         ...
 
 
 class SesMailer:
+    """SES SendBulkTemplatedEmail: one call for up to 50 emails, a status for each."""
+
     _PERMANENT = frozenset(
         {
             "MessageRejected",
+            "MailFromDomainNotVerified",
             "MailFromDomainNotVerifiedException",
             "InvalidParameterValue",
+            "TemplateDoesNotExist",
+            "InvalidTemplate",
             "AccountSendingPausedException",
         }
     )
 
-    def send_email(self, *, sender: str, to: str, subject: str, text: str) -> str:
+    def send_templated(
+        self, *, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
+        results: list[str | Exception] = []
+        for start in range(0, len(emails), SES_BULK_LIMIT):
+            results += self._send_chunk(sender, template, emails[start : start + SES_BULK_LIMIT])
+        return results
+
+    def _send_chunk(
+        self, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         from frontdesk.clients.aws import client
 
         try:
-            answer = client("ses").send_email(
+            answer = client("ses").send_bulk_templated_email(
                 Source=sender,
-                Destination={"ToAddresses": [to]},
-                Message={
-                    "Subject": {"Data": subject, "Charset": "UTF-8"},
-                    "Body": {"Text": {"Data": text, "Charset": "UTF-8"}},
-                },
+                Template=template,
+                DefaultTemplateData="{}",
+                Destinations=[
+                    {
+                        "Destination": {"ToAddresses": [email.to]},
+                        "ReplacementTemplateData": json.dumps(email.data),
+                    }
+                    for email in emails
+                ],
             )
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            if code in self._PERMANENT:
-                raise PermanentDeliveryError(f"SES refused the email ({code})") from exc
-            raise TransientDeliveryError(f"SES error ({code})") from exc
+            error = self._error(exc.response.get("Error", {}).get("Code", "Unknown"))
+            return [error] * len(emails)
         except BotoCoreError as exc:
-            raise TransientDeliveryError(f"SES unreachable ({type(exc).__name__})") from exc
-        return str(answer["MessageId"])
+            unreachable = TransientDeliveryError(f"SES unreachable ({type(exc).__name__})")
+            return [unreachable] * len(emails)
+        return [
+            status["MessageId"]
+            if status.get("MessageId") and status.get("Status", "Success") == "Success"
+            else self._error(status)
+            for status in answer["Status"]
+        ]
+
+    def _error(self, status: Mapping[str, Any] | str) -> Exception:
+        code = status if isinstance(status, str) else str(status.get("Status", "Unknown"))
+        if code in self._PERMANENT:
+            return PermanentDeliveryError(f"SES refused the email ({code})")
+        return TransientDeliveryError(f"SES error ({code})")
 
 
-@dataclass(frozen=True)
-class Delivery:
-    outcome: Literal["sent", "already_done", "failed"]
-    message_id: str | None = None
+Outcome = Literal["sent", "already_done", "failed"]
 
 
-def deliver(
+def deliver_batch(
     db: Database,
     mailer: Mailer,
-    message: NotifyMessage,
+    messages: Mapping[str, NotifyMessage],
     *,
     sender: str,
-    last_attempt: bool,
-) -> Delivery:
-    """Send the notification `message` asks for, once."""
-    notification_id = f"{message.job_id}:email"
+    template: str,
+    last_attempts: frozenset[str] = frozenset(),
+) -> dict[str, Outcome | TransientDeliveryError]:
+    """Send what each message (keyed by its SQS message id) asks for, once.
+
+    Returns per message id an outcome, or the TransientDeliveryError to fail its record
+    with (SQS redelivers it). Messages in `last_attempts` mark their job dead instead.
+    """
+    results: dict[str, Outcome | TransientDeliveryError] = {}
+    first_of_job: dict[UUID, str] = {}
+    for message_id, message in messages.items():
+        if message.job_id in first_of_job:
+            results[message_id] = "already_done"  # the same job twice in one batch
+        else:
+            first_of_job[message.job_id] = message_id
+    if not first_of_job:
+        return results
+
     with transaction(db) as cur:
-        cur.execute(
-            """WITH job AS (
-                   UPDATE jobs SET status = 'running', attempts = attempts + 1,
-                          started_at = coalesce(started_at, now()), updated_at = now()
-                   WHERE id = %(job_id)s AND clinic_id = %(clinic_id)s
-                     AND status IN ('queued', 'running')
-                   RETURNING id, payload)
-               SELECT job.id, c.notify_email, l.id AS lead_id, l.source, l.created_at
-               FROM job
-               JOIN clinics c ON c.id = %(clinic_id)s
-               LEFT JOIN leads l ON l.id = (job.payload ->> 'leadId')::uuid
-                                AND l.clinic_id = c.id""",
-            {"job_id": message.job_id, "clinic_id": message.clinic_id},
+        claimed, done, busy = _start_and_claim(cur, first_of_job, messages)
+    for job_id in done:
+        results[first_of_job[job_id]] = "already_done"
+    for job_id in busy:
+        results[first_of_job[job_id]] = TransientDeliveryError(
+            "another worker is sending this notification"
         )
-        job = cur.fetchone()
-        if job is None:
-            # Finished, cancelled, or not this clinic's: nothing to do, ever.
-            return Delivery("already_done")
-        problem = _unsendable(job)
-        if problem is not None:
-            jobs.finish(cur, message.job_id, status="failed", error=problem)
-            return Delivery("failed")
+    if not claimed:
+        return results
+
+    job_ids = list(claimed)
+    emails = [claimed[job_id] for job_id in job_ids]
+    sent = mailer.send_templated(sender=sender, template=template, emails=emails)
+
+    with transaction(db) as cur:
+        _record(cur, job_ids, sent, {first_of_job[j]: j for j in job_ids}, last_attempts)
+    for job_id, outcome in zip(job_ids, sent, strict=True):
+        message_id = first_of_job[job_id]
+        if isinstance(outcome, TransientDeliveryError):
+            results[message_id] = outcome
+        elif isinstance(outcome, Exception):
+            results[message_id] = "failed"
+        else:
+            results[message_id] = "sent"
+    return results
+
+
+def _start_and_claim(
+    cur: Cursor, first_of_job: dict[UUID, str], messages: Mapping[str, NotifyMessage]
+) -> tuple[dict[UUID, Email], list[UUID], list[UUID]]:
+    """Start the jobs, fail the unsendable, claim the rest: (to send, already done, busy)."""
+    job_ids = list(first_of_job)
+    clinic_ids = [messages[first_of_job[job_id]].clinic_id for job_id in job_ids]
+    cur.execute(
+        """WITH batch AS (
+               SELECT * FROM unnest(%(job_ids)s::uuid[], %(clinic_ids)s::uuid[])
+                   AS b(job_id, clinic_id)),
+           started AS (
+               UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                      started_at = coalesce(started_at, now()), updated_at = now()
+               FROM batch
+               WHERE jobs.id = batch.job_id AND jobs.clinic_id = batch.clinic_id
+                 AND jobs.status IN ('queued', 'running')
+               RETURNING jobs.id, jobs.clinic_id, jobs.payload)
+           SELECT started.id, started.clinic_id, c.notify_email,
+                  l.id AS lead_id, l.source, l.created_at
+           FROM started
+           JOIN clinics c ON c.id = started.clinic_id
+           LEFT JOIN leads l ON l.id = (started.payload ->> 'leadId')::uuid
+                            AND l.clinic_id = started.clinic_id""",
+        {"job_ids": job_ids, "clinic_ids": clinic_ids},
+    )
+    # Jobs not started are finished, cancelled, or not that clinic's: nothing to do, ever.
+    started = {row["id"]: row for row in cur.fetchall()}
+    done = [job_id for job_id in job_ids if job_id not in started]
+
+    unsendable = {job_id: _unsendable(row) for job_id, row in started.items()}
+    failed = {job_id: reason for job_id, reason in unsendable.items() if reason}
+    if failed:
+        jobs.finish_many(cur, list(failed), "failed", errors=list(failed.values()))
+        done += list(failed)
+    sendable = [job_id for job_id in started if job_id not in failed]
+    if not sendable:
+        return {}, done, []
+
+    cur.execute(
+        """INSERT INTO notification_deliveries
+               (notification_id, clinic_id, job_id, channel, status, claimed_until)
+           SELECT job_id::text || ':email', clinic_id, job_id, 'email', 'sending',
+                  now() + make_interval(secs => %(claim)s)
+           FROM unnest(%(job_ids)s::uuid[], %(clinic_ids)s::uuid[]) AS b(job_id, clinic_id)
+           ON CONFLICT (notification_id) DO UPDATE
+               SET status = 'sending', claimed_until = excluded.claimed_until,
+                   attempts = notification_deliveries.attempts + 1
+               WHERE notification_deliveries.status = 'failed'
+                  OR (notification_deliveries.status = 'sending'
+                      AND notification_deliveries.claimed_until < now())
+           RETURNING job_id""",
+        {
+            "job_ids": sendable,
+            "clinic_ids": [started[job_id]["clinic_id"] for job_id in sendable],
+            "claim": _CLAIM_SECONDS,
+        },
+    )
+    claimed_ids = {row["job_id"] for row in cur.fetchall()}
+    unclaimed = [job_id for job_id in sendable if job_id not in claimed_ids]
+    busy: list[UUID] = []
+    if unclaimed:
+        # Sent already (a crash after sending, before the job was finished), or being sent.
         cur.execute(
-            """INSERT INTO notification_deliveries
-                   (notification_id, clinic_id, job_id, channel, status, claimed_until)
-               VALUES (%(id)s, %(clinic_id)s, %(job_id)s, 'email', 'sending',
-                       now() + make_interval(secs => %(claim)s))
-               ON CONFLICT (notification_id) DO UPDATE
-                   SET status = 'sending', claimed_until = excluded.claimed_until,
-                       attempts = notification_deliveries.attempts + 1
-                   WHERE notification_deliveries.status = 'failed'
-                      OR (notification_deliveries.status = 'sending'
-                          AND notification_deliveries.claimed_until < now())
-               RETURNING notification_id""",
-            {
-                "id": notification_id,
-                "clinic_id": message.clinic_id,
-                "job_id": message.job_id,
-                "claim": _CLAIM_SECONDS,
+            """SELECT job_id FROM notification_deliveries
+               WHERE job_id = ANY(%(ids)s) AND channel = 'email' AND status = 'sent'""",
+            {"ids": unclaimed},
+        )
+        already_sent = [row["job_id"] for row in cur.fetchall()]
+        if already_sent:
+            jobs.finish_many(
+                cur, already_sent, "succeeded", results=[{"channel": "email"}] * len(already_sent)
+            )
+        done += already_sent
+        busy = [job_id for job_id in unclaimed if job_id not in already_sent]
+
+    emails = {
+        job_id: Email(
+            to=started[job_id]["notify_email"],
+            data={
+                "source": started[job_id]["source"],
+                "createdAt": f"{started[job_id]['created_at']:%Y-%m-%d %H:%M}",
+                "leadId": str(started[job_id]["lead_id"]),
             },
         )
-        if cur.fetchone() is None:
-            cur.execute(
-                "SELECT status FROM notification_deliveries WHERE notification_id = %(id)s",
-                {"id": notification_id},
-            )
-            existing = cur.fetchone()
-            if existing is not None and existing["status"] == "sent":
-                jobs.finish(cur, message.job_id, status="succeeded", result={"channel": "email"})
-                return Delivery("already_done")
-            raise TransientDeliveryError("another worker is sending this notification")
+        for job_id in sendable
+        if job_id in claimed_ids
+    }
+    return emails, done, busy
 
-    try:
-        message_id = mailer.send_email(
-            sender=sender,
-            to=job["notify_email"],
-            subject=f"New lead from {job['source']}",
-            text=(
-                f"A new lead arrived through {job['source']} at "
-                f"{job['created_at']:%Y-%m-%d %H:%M} UTC.\n"
-                f"Open it in Frontdesk: lead {job['lead_id']}.\n"
-            ),
-        )
-    except (TransientDeliveryError, PermanentDeliveryError) as exc:
-        if isinstance(exc, PermanentDeliveryError):
-            _record_failure(db, notification_id, message.job_id, str(exc), final_status="failed")
-            return Delivery("failed")
-        # The last attempt's message goes to the DLQ next: the job is dead until replayed.
-        final_status = "dead" if last_attempt else None
-        _record_failure(db, notification_id, message.job_id, str(exc), final_status)
-        raise
 
-    with transaction(db) as cur:
+def _record(
+    cur: Cursor,
+    job_ids: list[UUID],
+    sent: list[str | Exception],
+    message_of: dict[str, UUID],
+    last_attempts: frozenset[str],
+) -> None:
+    ok = [(job_id, mid) for job_id, mid in zip(job_ids, sent, strict=True) if isinstance(mid, str)]
+    if ok:
         cur.execute(
-            """UPDATE notification_deliveries
-               SET status = 'sent', sent_at = now(), provider_message_id = %(mid)s, error = NULL
-               WHERE notification_id = %(id)s""",
-            {"id": notification_id, "mid": message_id},
+            """UPDATE notification_deliveries d
+               SET status = 'sent', sent_at = now(), provider_message_id = s.mid, error = NULL
+               FROM unnest(%(ids)s::uuid[], %(mids)s::text[]) AS s(job_id, mid)
+               WHERE d.notification_id = s.job_id::text || ':email'""",
+            {"ids": [j for j, _ in ok], "mids": [m for _, m in ok]},
         )
-        jobs.finish(
+        jobs.finish_many(
             cur,
-            message.job_id,
-            status="succeeded",
-            result={"channel": "email", "messageId": message_id},
+            [j for j, _ in ok],
+            "succeeded",
+            results=[{"channel": "email", "messageId": m} for _, m in ok],
         )
-    return Delivery("sent", message_id)
+    failures = [(j, e) for j, e in zip(job_ids, sent, strict=True) if isinstance(e, Exception)]
+    if not failures:
+        return
+    cur.execute(
+        """UPDATE notification_deliveries d
+           SET status = 'failed', claimed_until = NULL, error = f.error
+           FROM unnest(%(ids)s::uuid[], %(errors)s::text[]) AS f(job_id, error)
+           WHERE d.notification_id = f.job_id::text || ':email'""",
+        {"ids": [j for j, _ in failures], "errors": [str(e) for _, e in failures]},
+    )
+    last_jobs = {message_of[m] for m in last_attempts if m in message_of}
+    by_status: dict[str, list[tuple[UUID, Exception]]] = {"failed": [], "dead": [], "retry": []}
+    for job_id, error in failures:
+        if isinstance(error, PermanentDeliveryError):
+            by_status["failed"].append((job_id, error))
+        elif job_id in last_jobs:
+            # The last attempt: SQS dead-letters the message next; the job is dead until replayed.
+            by_status["dead"].append((job_id, error))
+        else:
+            by_status["retry"].append((job_id, error))
+    for status in ("failed", "dead"):
+        if by_status[status]:
+            ids, errors = zip(*by_status[status], strict=True)
+            jobs.finish_many(cur, list(ids), status, errors=[str(e) for e in errors])
+    if by_status["retry"]:
+        ids, errors = zip(*by_status["retry"], strict=True)
+        jobs.record_errors(cur, list(ids), [str(e) for e in errors])
 
 
-def _unsendable(job: dict[str, Any]) -> str | None:
+def _unsendable(job: Mapping[str, Any]) -> str | None:
     if job["lead_id"] is None:
         return "the lead of this notification does not exist"
     if not job["notify_email"]:
         return "the clinic has no notification email address"
     return None
-
-
-def _record_failure(
-    db: Database, notification_id: str, job_id: UUID, error: str, final_status: str | None
-) -> None:
-    with transaction(db) as cur:
-        cur.execute(
-            """UPDATE notification_deliveries
-               SET status = 'failed', claimed_until = NULL, error = %(error)s
-               WHERE notification_id = %(id)s""",
-            {"id": notification_id, "error": error},
-        )
-        if final_status is not None:
-            jobs.finish(cur, job_id, status=final_status, error=error)
-        else:
-            jobs.record_error(cur, job_id, error)

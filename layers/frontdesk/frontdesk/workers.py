@@ -1,7 +1,7 @@
-"""Queue record handlers: an SQS record in, one domain call, an exception to fail the record.
+"""Queue and schedule handlers: an event in, one domain call, the answer Lambda expects.
 
-Used by the functions' handlers with Powertools BatchProcessor, which reports the failed
-records as batchItemFailures so only they return to the queue.
+Queue consumers use Powertools BatchProcessor, which reports the failed records as
+batchItemFailures so only they return to the queue.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from frontdesk import idempotency, notifications, outbox
@@ -17,6 +22,8 @@ from frontdesk.config import get_settings
 from frontdesk.db import get_database
 from frontdesk.errors import PermanentMessageError
 from frontdesk.observability import logger, metrics
+
+_notify_processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @cache
@@ -29,36 +36,63 @@ def _request_id(record: SQSRecord) -> str | None:
     return attribute.string_value if attribute is not None else None
 
 
-def notify_record(record: SQSRecord) -> str:
-    receive_count = int(record.attributes.approximate_receive_count or 1)
-    logger.set_correlation_id(_request_id(record))
-    logger.append_keys(message_id=record.message_id, receive_count=receive_count)
-    try:
-        message = notifications.NotifyMessage.parse(record.body)
-        settings = get_settings()
-        delivery = notifications.deliver(
-            get_database(),
-            _mailer(),
-            message,
-            sender=settings.sender_email,
-            last_attempt=receive_count >= settings.max_receive_count,
-        )
-    except PermanentMessageError as exc:
-        # Fails alone; SQS dead-letters it after maxReceiveCount receives.
-        logger.error("message rejected", extra={"reason": exc.detail})
-        metrics.add_metric(name="MessagesRejected", unit=MetricUnit.Count, value=1)
-        raise
-    except notifications.TransientDeliveryError as exc:
-        logger.warning("delivery will be retried", extra={"reason": str(exc)})
-        metrics.add_metric(name="NotificationRetries", unit=MetricUnit.Count, value=1)
-        raise
-    finally:
-        logger.remove_keys(["message_id", "receive_count"])
-    logger.info(
-        "notification handled", extra={"job_id": str(message.job_id), "outcome": delivery.outcome}
+def handle_notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """NotifyWorker: deliver the batch set-based, then report each record through Powertools.
+
+    A malformed record fails alone (SQS dead-letters it after maxReceiveCount receives);
+    a transient failure fails its record so SQS redelivers it; the rest are deleted.
+    """
+    settings = get_settings()
+    records = [SQSRecord(raw) for raw in event["Records"]]
+    messages: dict[str, notifications.NotifyMessage] = {}
+    rejected: dict[str, PermanentMessageError] = {}
+    for record in records:
+        try:
+            messages[record.message_id] = notifications.NotifyMessage.parse(record.body)
+        except PermanentMessageError as exc:
+            rejected[record.message_id] = exc
+    last_attempts = frozenset(
+        record.message_id
+        for record in records
+        if int(record.attributes.approximate_receive_count or 1) >= settings.max_receive_count
     )
-    metrics.add_metric(name=f"Notifications_{delivery.outcome}", unit=MetricUnit.Count, value=1)
-    return delivery.outcome
+    outcomes = notifications.deliver_batch(
+        get_database(),
+        _mailer(),
+        messages,
+        sender=settings.sender_email,
+        template=settings.new_lead_email_template,
+        last_attempts=last_attempts,
+    )
+    metrics.add_metric(name="NotifyRecords", unit=MetricUnit.Count, value=len(records))
+
+    def report(record: SQSRecord) -> str:
+        logger.set_correlation_id(_request_id(record))
+        keys = {
+            "message_id": record.message_id,
+            "receive_count": record.attributes.approximate_receive_count,
+        }
+        if record.message_id in rejected:
+            reason = rejected[record.message_id].detail
+            logger.error("message rejected", extra={**keys, "reason": reason})
+            metrics.add_metric(name="MessagesRejected", unit=MetricUnit.Count, value=1)
+            raise rejected[record.message_id]
+        outcome = outcomes[record.message_id]
+        job_id = str(messages[record.message_id].job_id)
+        if isinstance(outcome, Exception):
+            logger.warning(
+                "delivery will be retried", extra={**keys, "job_id": job_id, "reason": str(outcome)}
+            )
+            metrics.add_metric(name="NotificationRetries", unit=MetricUnit.Count, value=1)
+            raise outcome
+        logger.info("notification handled", extra={**keys, "job_id": job_id, "outcome": outcome})
+        metrics.add_metric(name=f"Notifications_{outcome}", unit=MetricUnit.Count, value=1)
+        return outcome
+
+    response = process_partial_response(
+        event=event, record_handler=report, processor=_notify_processor, context=context
+    )
+    return dict(response)
 
 
 def sweep_outbox() -> dict[str, Any]:
