@@ -10,7 +10,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from frontdesk.db import Cursor, Database, transaction
-from frontdesk.errors import Conflict, NotFound
+from frontdesk.errors import NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled", "dead")
 
