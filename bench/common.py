@@ -83,7 +83,8 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    # Titled blocks of text for the Markdown file, after the table.
+    sections: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -178,11 +179,25 @@ class Moto:
         return data
 
     def emails_sent(self) -> int:
-        return len(self.data().get("ses", {}).get("Message", []))
+        return count_emails(self.data())
+
+
+def count_emails(moto_data: dict[str, Any]) -> int:
+    """Emails SES accepted: each plain SendEmail, and each destination of each
+    SendBulkTemplatedEmail (moto also lists a bulk send once as a TemplateMessage)."""
+    ses = moto_data.get("ses", {})
+    bulk = sum(len(message["destinations"]) for message in ses.get("BulkTemplateMessage", []))
+    return len(ses.get("Message", [])) + bulk
 
 
 def start_moto() -> Moto:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    # The bench empties a queue between requests (see bench.run.empty_notifications_queue).
+    os.environ["MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR"] = "false"
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -204,9 +219,7 @@ def export_stack(moto: Moto, database_url: str) -> Any:
     provisioned = provision(load_template(), boto3.session.Session(), moto.url)
     for function in provisioned.functions():
         os.environ.update(provisioned.function_environment(function.logical_id))
-    os.environ.update(
-        AWS_ENDPOINT_URL=moto.url, DATABASE_SECRET_ARN="", DATABASE_URL=database_url
-    )
+    os.environ.update(AWS_ENDPOINT_URL=moto.url, DATABASE_SECRET_ARN="", DATABASE_URL=database_url)
     reset_process_state()
     return provisioned
 
