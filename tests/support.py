@@ -115,6 +115,7 @@ def reset_process_state() -> None:
 
     config.get_settings.cache_clear()
     aws.client.cache_clear()
+    aws._session.cache_clear()
     aws._secrets_provider.cache_clear()
     crypto.reset()
     routes_leads.lead_ports.cache_clear()

@@ -17,12 +17,19 @@ _lock = threading.Lock()
 
 
 @cache
+def _session() -> Any:
+    """One boto3 session per container: its clients share loaded models and credentials."""
+    import boto3
+
+    return boto3.session.Session()
+
+
+@cache
 def client(service: str) -> Any:
     """A boto3 client for `service`, with short timeouts and bounded retries.
 
     Creating clients is not thread-safe in boto3; the local server has threads.
     """
-    import boto3
     from botocore.config import Config
 
     settings = get_settings()
@@ -32,8 +39,8 @@ def client(service: str) -> Any:
         retries={"max_attempts": 2, "mode": "standard"},
     )
     with _lock:
-        return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
+        return _session().client(
+            service,
             region_name=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,
             config=config,
