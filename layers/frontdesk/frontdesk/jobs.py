@@ -112,4 +112,3 @@ def record_errors(cur: Cursor, job_ids: Sequence[UUID], errors: Sequence[str]) -
 
 def record_error(cur: Cursor, job_id: UUID, error: str) -> None:
     record_errors(cur, [job_id], [error])
-
