@@ -51,9 +51,12 @@ build: $(SAM_VENV)/.installed
 migrate: $(VENV)/.installed
 	$(PY) -m frontdesk.migrations db/migrations
 
-## make bench: benchmarks; results in bench/results/
+## make bench: every benchmark in bench/; results in bench/results/
+BENCHMARKS := run assistant appointments sync
 bench: $(VENV)/.installed .frontdesk/run
-	$(PY) -m bench.run
+	set -e; for b in $(BENCHMARKS); do \
+	    if [ -f bench/$$b.py ]; then $(PY) -m bench.$$b; fi; \
+	done
 
 clean:
 	rm -rf .aws-sam .frontdesk .pytest_cache .mypy_cache .ruff_cache
