@@ -95,3 +95,19 @@ def test_migrations_racing_apply_each_file_once(pg_admin_url: str) -> None:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(files),)
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_statement_timeout_is_503_and_the_connection_survives(
+    app: App, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a short statement timeout and a long lock on the clinics table (a slow migration)
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "200")
+    reset_process_state()
+    with psycopg.connect(app.database_url) as blocker:
+        blocker.execute("LOCK TABLE clinics IN ACCESS EXCLUSIVE MODE")
+        # When a lead is posted / Then it is refused in time with a 503, not a hang or a 500
+        status, headers, _ = post_lead(api)
+        assert status == 503 and headers["retry-after"]
+    # And once the lock is gone the same container serves again
+    status, _, _ = post_lead(api)
+    assert status == 201

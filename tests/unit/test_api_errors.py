@@ -108,3 +108,9 @@ def test_bad_idempotency_key_is_422_before_any_write(api: Any) -> None:
     status, _, _ = call(api, event)
     # No form key: refused before the body or the key is looked at.
     assert status == 401
+
+
+def test_a_bodyless_post_is_not_a_media_type_error(api: Any) -> None:
+    # A POST without a body or Content-Type is judged by its route, not refused as 415.
+    status, _, body = call(api, http_event("POST", "/leads", clinic_id=CLINIC))
+    assert status == 422 and body["errors"][0]["loc"] == ["body"]

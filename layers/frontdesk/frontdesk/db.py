@@ -71,7 +71,10 @@ def conninfo_from_secret(secret: str) -> str:
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
-    # The driver's message can carry host names; keep it out of the client's answer.
+    """Operational errors (lost connection, timeouts, too many connections) are 503s.
+
+    The driver's message can carry host names; keep it out of the client's answer.
+    """
     return ServiceUnavailable(f"database unavailable ({type(exc).__name__})")
 
 
@@ -117,10 +120,10 @@ class SingleConnectionDatabase:
         try:
             yield conn
         except psycopg.OperationalError as exc:
+            # Lost connection, statement or lock timeout, too many connections: all pass.
             if conn.broken or conn.closed:
                 self._conn = None
-                raise _unavailable(exc) from exc
-            raise
+            raise _unavailable(exc) from exc
         finally:
             self._last_used = time.monotonic()
 

@@ -24,7 +24,6 @@ from frontdesk.errors import (
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
 from frontdesk.observability import logger
 
@@ -109,14 +108,18 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        json_body = self._is_json(scope)
 
         async def limited_receive() -> Message:
+            # An HTTPException raised here passes FastAPI's body parsing unchanged.
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                if chunk and not json_body and scope["method"] in _BODY_METHODS:
+                    raise HTTPException(415, "send the body as application/json")
+                received += chunk
                 if received > self.max_body_bytes:
-                    # An HTTPException passes FastAPI's body parsing unchanged.
                     raise HTTPException(413, f"the body is over {self.max_body_bytes} bytes")
             return message
 
@@ -129,6 +132,7 @@ class RequestContextMiddleware:
         await self.app(scope, limited_receive, send_with_id)
 
     def _refuse_body(self, scope: Scope) -> FrontdeskError | None:
+        """Refuse a declared oversized body before reading it."""
         if scope["method"] not in _BODY_METHODS:
             return None
         headers = dict(scope["headers"])
@@ -140,12 +144,13 @@ class RequestContextMiddleware:
                 return PayloadTooLarge("the Content-Length header is not a number")
             if size > self.max_body_bytes:
                 return PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
-            if size == 0:
-                return None
-        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type != b"application/json" and not media_type.endswith(b"+json"):
-            return UnsupportedMediaType("send the body as application/json")
         return None
+
+    @staticmethod
+    def _is_json(scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        return media_type == b"application/json" or media_type.endswith(b"+json")
 
 
 def envelope(
