@@ -148,7 +148,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _is_json(scope: Scope) -> bool:
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         return media_type == b"application/json" or media_type.endswith(b"+json")
 
