@@ -109,9 +109,9 @@ def load_handler(function_dir: str) -> ModuleType:
 
 def reset_process_state() -> None:
     """Forget every per-container cache, as a new Lambda container would."""
-    from frontdesk import config, crypto, db, workers
-    from frontdesk.clients import aws
-    from frontdesk.web import routes_leads
+    from frontdesk import assistant_worker, config, crypto, db, workers
+    from frontdesk.clients import aws, llm
+    from frontdesk.web import routes_appointments, routes_assistant, routes_leads
 
     config.get_settings.cache_clear()
     aws.client.cache_clear()
@@ -119,6 +119,10 @@ def reset_process_state() -> None:
     aws._secrets_provider.cache_clear()
     crypto.reset()
     routes_leads.lead_ports.cache_clear()
+    routes_appointments.ports.cache_clear()
+    routes_assistant.publisher.cache_clear()
+    assistant_worker.reset_model()
+    llm._bedrock_client.cache_clear()
     workers._mailer.cache_clear()
     database = db._database
     if database is not None:

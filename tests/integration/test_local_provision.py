@@ -158,15 +158,18 @@ def test_provisioning_against_a_moto_server_is_idempotent_across_runs(moto_url: 
     assert second.physical == first.physical
     assert first.physical["NotificationsQueue"]["QueueUrl"].startswith(moto_url)
     queues = new_session().client("sqs", endpoint_url=moto_url).list_queues()["QueueUrls"]
-    assert len(queues) == 2
+    assert len(queues) == len(first.resources("AWS::SQS::Queue"))
 
 
 def test_sqs_event_sources_point_at_the_provisioned_queue(stack: Provisioned) -> None:
     # Given the provisioned template / When the SQS event sources are listed
-    (source,) = stack.sqs_event_sources()
-    # Then the worker polls the real queue URL
-    assert source.queue_url == stack.physical["NotificationsQueue"]["QueueUrl"]
-    assert source.queue_arn == stack.physical["NotificationsQueue"]["Arn"]
+    sources = stack.sqs_event_sources()
+    assert len(sources) == 2
+    # Then each worker polls its real queue URL
+    for source in sources:
+        queue = stack.physical[source.queue_logical_id]
+        assert (source.queue_url, source.queue_arn) == (queue["QueueUrl"], queue["Arn"])
+    assert {s.queue_logical_id for s in sources} == {"NotificationsQueue", "LlmQueue"}
 
 
 RULE_TEMPLATE: dict[str, Any] = {

@@ -362,6 +362,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-NotificationsQueue",
             "QueueName": "frontdesk-local-NotificationsQueue",
         },
+        "LlmQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-LlmQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-LlmQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-LlmQueue",
+            "QueueName": "frontdesk-local-LlmQueue",
+        },
         "EventBus": {
             "Ref": "frontdesk-dev",
             "Name": "frontdesk-dev",
@@ -391,7 +397,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
     # Given the real template / When the functions are listed
     specs = {spec.logical_id: spec for spec in stack.functions()}
     # Then code folders, handlers, timeouts, memory and layers are read from it
-    assert set(specs) == {"ApiFunction", "NotifyWorker", "OutboxSweeper"}
+    assert set(specs) == {"ApiFunction", "NotifyWorker", "OutboxSweeper", "LlmWorker"}
     worker = specs["NotifyWorker"]
     assert worker.code_uri == stack.base_dir / "functions/notify_worker"
     assert (worker.handler, worker.timeout, worker.memory) == ("handler.handler", 30, 512)
@@ -401,7 +407,9 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
-    (source,) = stack.sqs_event_sources()
+    sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
+    assert set(sources) == {"NotifyWorker", "LlmWorker"}
+    source = sources["NotifyWorker"]
     # Then they carry what the poller needs to behave like Lambda
     assert source.function_logical_id == "NotifyWorker"
     assert source.queue_logical_id == "NotificationsQueue"

@@ -273,6 +273,11 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("GET", "/leads/{id}", "StaffJwt"),
         ("GET", "/jobs/{id}", "StaffJwt"),
         ("POST", "/public/leads", None),
+        ("POST", "/jobs/{id}/cancel", "StaffJwt"),
+        ("POST", "/assistant/conversations", "StaffJwt"),
+        ("POST", "/assistant/conversations/{id}/messages", "StaffJwt"),
+        ("GET", "/assistant/conversations/{id}", "StaffJwt"),
+        ("GET", "/assistant/messages/{id}", "StaffJwt"),
     }
     # And the open route is throttled harder than the API's default
     defaults = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]

@@ -47,6 +47,29 @@ class Settings(BaseSettings):
     sender_email: str = "frontdesk@example.com"
     new_lead_email_template: str = "frontdesk-dev-new-lead"
 
+    # Assistant chat (LlmWorker). The provider is chosen here; offline needs nothing.
+    llm_queue_url: str = ""
+    llm_provider: Literal["offline", "openai", "bedrock"] = "offline"
+    # OpenAI-compatible: the base URL up to /v1; the API key from Secrets Manager (the
+    # secret holds the key or {"apiKey": ...}); `llm_api_key` is for local runs and tests.
+    llm_base_url: str = ""
+    llm_secret_arn: str = ""
+    llm_api_key: SecretStr | None = None
+    llm_model: str = ""  # empty: the provider's default
+    # One model call's deadline; the worker also keeps it inside the Lambda's remaining time.
+    llm_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    llm_max_output_tokens: int = Field(default=512, ge=16, le=8192)
+    llm_history_messages: int = Field(default=20, ge=0, le=200)
+    # Transient failures: the message reappears after base * 2^(receive-1), jittered, capped.
+    llm_retry_base_seconds: float = Field(default=2.0, ge=0)
+    llm_retry_max_seconds: float = Field(default=300.0, ge=0, le=43_200)
+    # The circuit breaker shared by every worker (PostgreSQL table circuit_breakers).
+    llm_breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    llm_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=900)
+    # The per-clinic budget checked before a question is accepted.
+    assistant_requests_per_minute: int = Field(default=30, ge=1)
+    assistant_tokens_per_day: int = Field(default=500_000, ge=1)
+
     # The queues' maxReceiveCount (template.yaml): the attempt after which a message is
     # dead-lettered, so the worker can mark its job dead on that last attempt.
     max_receive_count: int = Field(default=5, ge=1, le=1000)
@@ -65,7 +88,7 @@ class Settings(BaseSettings):
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
-        return {"notifications": self.notifications_queue_url}
+        return {"notifications": self.notifications_queue_url, "llm": self.llm_queue_url}
 
 
 @cache

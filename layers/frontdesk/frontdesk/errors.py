@@ -79,6 +79,17 @@ class ServiceUnavailable(FrontdeskError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class TooManyRequests(FrontdeskError):
+    """A budget or rate limit is used up: retry after the given number of seconds."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
 class PermanentMessageError(FrontdeskError):
     """A queue message that can never succeed (malformed, unknown kind): retrying won't help."""
 

@@ -10,7 +10,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from frontdesk.db import Cursor, Database, transaction
-from frontdesk.errors import NotFound
+from frontdesk.errors import Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled", "dead")
 
@@ -31,6 +31,28 @@ def create_job(
         },
     )
     return job_id
+
+
+def set_progress(
+    cur: Cursor,
+    job_id: UUID,
+    *,
+    percent: int,
+    message: str,
+    result: dict[str, Any] | None = None,
+) -> None:
+    """Progress of a running job, and its partial result so far (GET /jobs/{id} shows both)."""
+    cur.execute(
+        """UPDATE jobs SET progress = %(percent)s, progress_message = %(message)s,
+                  result = coalesce(%(result)s, result), updated_at = now()
+           WHERE id = %(id)s""",
+        {
+            "id": job_id,
+            "percent": max(0, min(100, percent)),
+            "message": message,
+            "result": Jsonb(result) if result is not None else None,
+        },
+    )
 
 
 _PUBLIC_COLUMNS = """id, kind, status, progress, progress_message, attempts, result, error,
@@ -112,3 +134,28 @@ def record_errors(cur: Cursor, job_ids: Sequence[UUID], errors: Sequence[str]) -
 
 def record_error(cur: Cursor, job_id: UUID, error: str) -> None:
     record_errors(cur, [job_id], [error])
+
+
+def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]:
+    """Cancel a queued or running job of this clinic. Its worker finds it cancelled and does
+    nothing (a running one's result is discarded). NotFound for other clinics' ids, Conflict
+    when the job has already ended."""
+    with transaction(db) as cur:
+        cur.execute(
+            f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
+                WHERE id = %(id)s AND clinic_id = %(clinic_id)s
+                  AND status IN ('queued', 'running')
+                RETURNING {_PUBLIC_COLUMNS}""",
+            {"id": job_id, "clinic_id": clinic_id},
+        )
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(
+                "SELECT status FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
+                {"id": job_id, "clinic_id": clinic_id},
+            )
+            existing = cur.fetchone()
+            if existing is None:
+                raise NotFound(f"job {job_id} not found")
+            raise Conflict(f"job {job_id} has already ended ({existing['status']})")
+    return dict(row)

@@ -24,6 +24,7 @@ from frontdesk.errors import (
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
+    TooManyRequests,
 )
 from frontdesk.observability import logger
 
@@ -201,7 +202,7 @@ def problem_response(
     if errors is not None:
         body["errors"] = errors
     headers = {}
-    if isinstance(error, ServiceUnavailable):
+    if isinstance(error, ServiceUnavailable | TooManyRequests):
         headers["Retry-After"] = str(error.retry_after_seconds)
     return JSONResponse(
         body, status_code=error.status, media_type="application/problem+json", headers=headers

@@ -41,3 +41,14 @@ class Job(BaseModel):
 def read_job(request: Request, staff: Staff, job_id: UUID) -> JSONResponse:
     job = jobs.get_job(get_database(), clinic_id=staff.clinic_id, job_id=job_id)
     return envelope(request, job, operation="getJob", entity="job", affected_ids=[str(job_id)])
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=Envelope[Job],
+    summary="Cancel a queued or running job (staff, own clinic); 409 once it has ended",
+    responses={409: ERROR_RESPONSES[404]},
+)
+def cancel_job(request: Request, staff: Staff, job_id: UUID) -> JSONResponse:
+    job = jobs.cancel_job(get_database(), clinic_id=staff.clinic_id, job_id=job_id)
+    return envelope(request, job, operation="cancelJob", entity="job", affected_ids=[str(job_id)])
