@@ -397,7 +397,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
     # Given the real template / When the functions are listed
     specs = {spec.logical_id: spec for spec in stack.functions()}
     # Then code folders, handlers, timeouts, memory and layers are read from it
-    assert set(specs) == {"ApiFunction", "NotifyWorker", "OutboxSweeper", "LlmWorker"}
+    assert set(specs) >= {"ApiFunction", "NotifyWorker", "OutboxSweeper", "LlmWorker", "Reminders"}
     worker = specs["NotifyWorker"]
     assert worker.code_uri == stack.base_dir / "functions/notify_worker"
     assert (worker.handler, worker.timeout, worker.memory) == ("handler.handler", 30, 512)
@@ -424,7 +424,9 @@ def test_sqs_event_sources(stack: Provisioned) -> None:
 
 def test_schedules(stack: Provisioned) -> None:
     # Given the real template / When its schedules are listed
-    (schedule,) = stack.schedules()
+    schedules = {s.function_logical_id: s for s in stack.schedules()}
+    assert schedules["Reminders"].expression == "rate(5 minutes)"
+    schedule = schedules["OutboxSweeper"]
     # Then the sweeper fires every minute with a Scheduled Event
     assert schedule.function_logical_id == "OutboxSweeper"
     assert schedule.expression == "rate(1 minute)"

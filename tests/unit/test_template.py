@@ -145,6 +145,21 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+# SNS Publish to a phone number (SMS) has no resource ARN: AWS authorizes it against "*"
+# only. Such a statement may name no other action, and a Deny must keep it off every topic.
+SMS_ACTIONS = ["sns:Publish"]
+
+
+def denies_topic_publish(template: Template) -> bool:
+    return any(
+        statement.get("Effect") == "Deny"
+        and as_list(statement.get("Action")) == SMS_ACTIONS
+        and "arn:${AWS::Partition}:sns:*:*:*"
+        in json.dumps(statement.get("Resource")).replace("\\", "")
+        for _, statement in policy_statements(template["Resources"])
+    )
+
+
 def iam_problems(template: Template) -> list[str]:
     problems = []
     key_policies = {
@@ -158,7 +173,12 @@ def iam_problems(template: Template) -> list[str]:
                 problems.append(f"{where}: wildcard action {action!r}")
         # In a key policy "*" means the key itself; elsewhere it means every resource.
         in_key_policy = any(where.startswith(prefix) for prefix in key_policies)
-        if "*" in as_list(statement.get("Resource")) and not in_key_policy:
+        sms_only = (
+            statement.get("Effect") == "Allow"
+            and as_list(statement.get("Action")) == SMS_ACTIONS
+            and denies_topic_publish(template)
+        )
+        if "*" in as_list(statement.get("Resource")) and not in_key_policy and not sms_only:
             problems.append(f"{where}: Resource '*'")
     return problems
 
@@ -278,6 +298,14 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("POST", "/assistant/conversations/{id}/messages", "StaffJwt"),
         ("GET", "/assistant/conversations/{id}", "StaffJwt"),
         ("GET", "/assistant/messages/{id}", "StaffJwt"),
+        ("POST", "/doctors", "StaffJwt"),
+        ("GET", "/doctors", "StaffJwt"),
+        ("GET", "/doctors/{id}/availability", "StaffJwt"),
+        ("POST", "/patients", "StaffJwt"),
+        ("GET", "/patients/{id}", "StaffJwt"),
+        ("POST", "/appointments", "StaffJwt"),
+        ("GET", "/appointments", "StaffJwt"),
+        ("PATCH", "/appointments/{id}", "StaffJwt"),
     }
     # And the open route is throttled harder than the API's default
     defaults = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
@@ -374,6 +402,17 @@ def test_checks_catch_wildcard_actions(template: Template) -> None:
     problems = iam_problems(broken(template, widen))
     assert any("sqs:*" in p for p in problems)
     assert any("Resource '*'" in p for p in problems)
+
+
+def test_checks_catch_sms_publish_without_the_topic_deny(template: Template) -> None:
+    # Given the NotifyWorker policy without the Deny that keeps SMS publishing off topics
+    def drop_deny(t: Template) -> None:
+        statements = t["Resources"]["NotifyWorker"]["Properties"]["Policies"][0]["Statement"]
+        statements[:] = [s for s in statements if s.get("Sid") != "PublishToNoTopic"]
+
+    # When the IAM check runs / Then the "*" of the SMS statement is reported
+    assert iam_problems(template) == []
+    assert any("Resource '*'" in p for p in iam_problems(broken(template, drop_deny)))
 
 
 def test_checks_catch_a_missing_handler_and_an_unwatched_dlq(template: Template) -> None:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Notifications.
     sender_email: str = "frontdesk@example.com"
     new_lead_email_template: str = "frontdesk-dev-new-lead"
+    # The patient email (appointment confirmations, changes, reminders): SES template name.
+    patient_email_template: str = "frontdesk-dev-patient-appointment"
 
     # Assistant chat (LlmWorker). The provider is chosen here; offline needs nothing.
     llm_queue_url: str = ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FrontdeskError(Exception):
     """Base of every error the domain raises on purpose."""
@@ -12,6 +14,10 @@ class FrontdeskError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def problem_fields(self) -> dict[str, Any]:
+        """Extra members of the problem+json body (RFC 9457 extensions); none by default."""
+        return {}
 
 
 class Problem(FrontdeskError):
@@ -41,6 +47,19 @@ class Forbidden(FrontdeskError):
 class Conflict(FrontdeskError):
     status = 409
     title = "Conflict"
+
+
+class SlotTaken(Conflict):
+    """The doctor already has an active appointment overlapping the requested time."""
+
+    title = "Slot already booked"
+
+    def __init__(self, detail: str, *, doctor_id: str, starts_at: str, ends_at: str) -> None:
+        super().__init__(detail)
+        self.slot = {"doctorId": doctor_id, "startsAt": starts_at, "endsAt": ends_at}
+
+    def problem_fields(self) -> dict[str, Any]:
+        return {"conflictingSlot": self.slot}
 
 
 class PayloadTooLarge(FrontdeskError):

@@ -41,6 +41,24 @@ def enqueue_job_message(
     return _add(cur, "queue", queue, body, request_id)
 
 
+def enqueue_messages(
+    cur: Cursor, *, queue: str, bodies: Sequence[dict[str, Any]], request_id: str | None
+) -> list[int]:
+    """Many messages for the queue named `queue` in one statement (set-based producers such
+    as the reminder schedule); their outbox ids in the order given."""
+    if not bodies:
+        return []
+    cur.execute(
+        """INSERT INTO outbox (target, destination, payload, request_id)
+           SELECT 'queue', %(queue)s, body, %(request_id)s
+           FROM unnest(%(bodies)s::jsonb[]) WITH ORDINALITY AS b(body, n)
+           ORDER BY n
+           RETURNING id""",
+        {"queue": queue, "bodies": [Jsonb(b) for b in bodies], "request_id": request_id},
+    )
+    return [int(row["id"]) for row in cur.fetchall()]
+
+
 def add_domain_event(
     cur: Cursor,
     *,

@@ -17,8 +17,9 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from frontdesk import idempotency, notifications, outbox
+from frontdesk import idempotency, notifications, outbox, patient_notifications, reminders
 from frontdesk.config import get_settings
+from frontdesk.crypto import get_cipher
 from frontdesk.db import get_database
 from frontdesk.errors import PermanentMessageError
 from frontdesk.observability import logger, metrics
@@ -45,12 +46,18 @@ def handle_notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = get_settings()
     records = [SQSRecord(raw) for raw in event["Records"]]
     messages: dict[str, notifications.NotifyMessage] = {}
+    notices: dict[str, patient_notifications.PatientNotice] = {}
     rejected: dict[str, PermanentMessageError] = {}
     for record in records:
         try:
-            messages[record.message_id] = notifications.NotifyMessage.parse(record.body)
+            message = patient_notifications.parse_message(record.body)
         except PermanentMessageError as exc:
             rejected[record.message_id] = exc
+            continue
+        if isinstance(message, patient_notifications.PatientNotice):
+            notices[record.message_id] = message
+        else:
+            messages[record.message_id] = message
     last_attempts = frozenset(
         record.message_id
         for record in records
@@ -64,6 +71,18 @@ def handle_notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
         template=settings.new_lead_email_template,
         last_attempts=last_attempts,
     )
+    if notices:
+        outcomes.update(
+            patient_notifications.deliver_patient_batch(
+                get_database(),
+                get_cipher(),
+                _mailer(),
+                patient_notifications.SnsSms(),
+                notices,
+                sender=settings.sender_email,
+                template=settings.patient_email_template,
+            )
+        )
     metrics.add_metric(name="NotifyRecords", unit=MetricUnit.Count, value=len(records))
 
     def report(record: SQSRecord) -> str:
@@ -78,14 +97,15 @@ def handle_notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="MessagesRejected", unit=MetricUnit.Count, value=1)
             raise rejected[record.message_id]
         outcome = outcomes[record.message_id]
-        job_id = str(messages[record.message_id].job_id)
+        if record.message_id in notices:
+            keys["notification_id"] = notices[record.message_id].notification_id
+        else:
+            keys["job_id"] = str(messages[record.message_id].job_id)
         if isinstance(outcome, Exception):
-            logger.warning(
-                "delivery will be retried", extra={**keys, "job_id": job_id, "reason": str(outcome)}
-            )
+            logger.warning("delivery will be retried", extra={**keys, "reason": str(outcome)})
             metrics.add_metric(name="NotificationRetries", unit=MetricUnit.Count, value=1)
             raise outcome
-        logger.info("notification handled", extra={**keys, "job_id": job_id, "outcome": outcome})
+        logger.info("notification handled", extra={**keys, "outcome": outcome})
         metrics.add_metric(name=f"Notifications_{outcome}", unit=MetricUnit.Count, value=1)
         return outcome
 
@@ -107,3 +127,11 @@ def sweep_outbox() -> dict[str, Any]:
         extra={"sent": len(result.sent), "failed": len(result.failed), "purged": purged},
     )
     return {"sent": len(result.sent), "failed": len(result.failed), "purged": purged}
+
+
+def send_reminders() -> dict[str, Any]:
+    """Reminders (every 5 minutes): enqueue the appointment reminders now due, once each."""
+    enqueued = reminders.enqueue_due(get_database(), outbox.default_publisher())
+    metrics.add_metric(name="RemindersEnqueued", unit=MetricUnit.Count, value=enqueued)
+    logger.info("reminders enqueued", extra={"enqueued": enqueued})
+    return {"enqueued": enqueued}

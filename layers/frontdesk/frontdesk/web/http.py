@@ -201,6 +201,7 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
+    body.update(error.problem_fields())
     headers = {}
     if isinstance(error, ServiceUnavailable | TooManyRequests):
         headers["Retry-After"] = str(error.retry_after_seconds)

@@ -1,0 +1,447 @@
+"""Appointments: booked synchronously, never double-booked, followed up via the outbox.
+
+Double booking is made impossible by the database, not by a check in code: the exclusion
+constraint `appointments_no_overlap` (btree_gist: doctor `=`, tstzrange `&&`, active
+statuses only) refuses a second overlapping row however many requests race. Its
+ExclusionViolation becomes `SlotTaken` (409) here, at the DB edge.
+
+A booking is one INSERT ... SELECT that checks the doctor (this clinic's, active), the
+patient (this clinic's), the working hours and slot grid (in the clinic's time zone) and
+that the slot has not begun, and inserts only if all hold; the name snapshots are filled
+by the `appointments_snapshot_names` trigger. Its answer tells which check failed, so a
+refusal costs no second query. The `appointment.*` event (ids and times, never PII) goes
+to the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from frontdesk import outbox, patients
+from frontdesk.crypto import BlindIndex, EnvelopeCipher
+from frontdesk.db import Cursor, Database, transaction
+from frontdesk.doctors import iso_utc
+from frontdesk.errors import Conflict, InvalidInput, NotFound, SlotTaken
+from frontdesk.idempotency import IdempotencyRequest, Outcome, run_once
+from frontdesk.leads import Source
+
+BOOKED = "appointment.booked"
+RESCHEDULED = "appointment.rescheduled"
+CANCELLED = "appointment.cancelled"
+MAX_LIST_RANGE = timedelta(days=62)
+EXCLUSION_CONSTRAINT = "appointments_no_overlap"
+
+
+class BookingIn(BaseModel):
+    """A booking for an existing patient (`patientId`) or a lead to convert (`leadId`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    doctor_id: UUID = Field(alias="doctorId")
+    patient_id: UUID | None = Field(default=None, alias="patientId")
+    lead_id: UUID | None = Field(
+        default=None,
+        alias="leadId",
+        description="convert this lead into a patient in the same transaction",
+    )
+    starts_at: AwareDatetime = Field(alias="startsAt", description="a slot start, with offset")
+    source: Source = "staff"
+
+    @model_validator(mode="after")
+    def _one_patient(self) -> BookingIn:
+        if (self.patient_id is None) == (self.lead_id is None):
+            raise ValueError("give exactly one of patientId and leadId")
+        return self
+
+
+class AppointmentChange(BaseModel):
+    """PATCH body: `startsAt` to reschedule, or `status: cancelled` to cancel."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    starts_at: AwareDatetime | None = Field(default=None, alias="startsAt")
+    status: Literal["cancelled"] | None = None
+
+    @model_validator(mode="after")
+    def _one_change(self) -> AppointmentChange:
+        if (self.starts_at is None) == (self.status is None):
+            raise ValueError("give exactly one of startsAt (reschedule) and status (cancel)")
+        return self
+
+
+class AppointmentOut(BaseModel):
+    id: UUID
+    doctor_id: UUID = Field(serialization_alias="doctorId")
+    patient_id: UUID = Field(serialization_alias="patientId")
+    starts_at: str = Field(serialization_alias="startsAt")
+    ends_at: str = Field(serialization_alias="endsAt")
+    status: str
+    source: str
+    doctor_name: str = Field(serialization_alias="doctorName")
+    patient_name: str = Field(serialization_alias="patientName")
+
+
+@dataclass(frozen=True)
+class Ports:
+    cipher: EnvelopeCipher
+    blind_index: BlindIndex
+    publisher: outbox.Publisher
+
+
+# The checks a slot must pass, for a doctor row `d` of clinic `c` and a start %(starts_at)s.
+# `local_start` is the start on the clinic's wall clock; a slot must lie inside one
+# working-hours interval of that weekday and start on its slot grid.
+_SLOT_CHECKS = """
+    d.id AS doctor_id, d.active,
+    %(starts_at)s::timestamptz AS starts_at,
+    %(starts_at)s::timestamptz + make_interval(mins => d.slot_minutes) AS ends_at,
+    %(starts_at)s::timestamptz > now() AS in_future,
+    EXISTS (
+        SELECT 1 FROM doctor_working_hours h
+        WHERE h.doctor_id = d.id
+          AND h.weekday = extract(isodow FROM l.local_start)
+          AND l.local_start >= l.local_start::date + h.starts_at
+          AND l.local_start + make_interval(mins => d.slot_minutes)
+              <= l.local_start::date + h.ends_at
+          AND extract(epoch FROM l.local_start - (l.local_start::date + h.starts_at))::bigint
+              %% (d.slot_minutes * 60) = 0
+    ) AS in_hours"""
+_LOCAL_START = (
+    "CROSS JOIN LATERAL (SELECT %(starts_at)s::timestamptz AT TIME ZONE c.timezone"
+    " AS local_start) l"
+)
+
+_BOOK = f"""
+    WITH slot AS (
+        SELECT {_SLOT_CHECKS}
+        FROM doctors d JOIN clinics c ON c.id = d.clinic_id {_LOCAL_START}
+        WHERE d.id = %(doctor_id)s AND d.clinic_id = %(clinic_id)s),
+    patient AS (
+        SELECT id FROM patients WHERE id = %(patient_id)s AND clinic_id = %(clinic_id)s),
+    booked AS (
+        INSERT INTO appointments (id, clinic_id, doctor_id, patient_id, starts_at, ends_at,
+                                  source, request_id)
+        SELECT %(id)s, %(clinic_id)s, slot.doctor_id, patient.id, slot.starts_at, slot.ends_at,
+               %(source)s, %(request_id)s
+        FROM slot, patient
+        WHERE slot.active AND slot.in_hours AND slot.in_future
+        RETURNING id, doctor_id, patient_id, starts_at, ends_at, status, source, doctor_name)
+    SELECT slot.doctor_id IS NOT NULL AS doctor_found, slot.active, slot.in_hours,
+           slot.in_future, slot.starts_at AS requested_start, slot.ends_at AS requested_end,
+           EXISTS (SELECT 1 FROM patient) AS patient_found, booked.*
+    FROM (SELECT 1) AS one LEFT JOIN slot ON true LEFT JOIN booked ON true"""
+
+_RESCHEDULE = f"""
+    WITH current AS (
+        SELECT id, doctor_id, patient_id, starts_at AS previous_starts_at, status
+        FROM appointments WHERE id = %(id)s AND clinic_id = %(clinic_id)s
+        FOR UPDATE),
+    slot AS (
+        SELECT {_SLOT_CHECKS}
+        FROM current JOIN doctors d ON d.id = current.doctor_id
+        JOIN clinics c ON c.id = d.clinic_id {_LOCAL_START}),
+    moved AS (
+        UPDATE appointments a
+        SET starts_at = slot.starts_at, ends_at = slot.ends_at, scheduled_at = now(),
+            updated_at = now()
+        FROM slot
+        WHERE a.id = %(id)s AND a.clinic_id = %(clinic_id)s AND a.status = 'booked'
+          AND slot.active AND slot.in_hours AND slot.in_future
+        RETURNING a.id, a.doctor_id, a.patient_id, a.starts_at, a.ends_at, a.status, a.source,
+                  a.doctor_name)
+    SELECT current.status AS current_status, current.previous_starts_at,
+           current.doctor_id AS current_doctor_id,
+           slot.active, slot.in_hours, slot.in_future, slot.starts_at AS requested_start,
+           slot.ends_at AS requested_end, moved.*
+    FROM current LEFT JOIN slot ON true LEFT JOIN moved ON true"""
+
+_PUBLIC = "id, doctor_id, patient_id, starts_at, ends_at, status, source, doctor_name"
+
+
+def book(
+    db: Database,
+    ports: Ports,
+    *,
+    clinic_id: UUID,
+    booking: BookingIn,
+    request_id: str | None,
+    idempotency: IdempotencyRequest | None = None,
+) -> Outcome:
+    """Book a slot; 201 data {id, doctorId, patientId, startsAt, endsAt, status, source,
+    doctorName}. SlotTaken (409) when it overlaps, InvalidInput (422) outside working
+    hours or in the past, NotFound for another clinic's doctor, patient or lead."""
+    with transaction(db) as cur:
+        outcome, outbox_ids = run_once(
+            cur,
+            clinic_id,
+            idempotency,
+            201,
+            lambda: _book(cur, ports, clinic_id, booking, request_id),
+            nothing=list[int](),
+        )
+    outbox.relay(db, outbox_ids, ports.publisher)
+    return outcome
+
+
+def _book(
+    cur: Cursor, ports: Ports, clinic_id: UUID, booking: BookingIn, request_id: str | None
+) -> tuple[dict[str, Any], list[int]]:
+    patient_id = booking.patient_id
+    if booking.lead_id is not None:
+        patient_id = patients.convert_lead(
+            cur,
+            ports.cipher,
+            ports.blind_index,
+            clinic_id=clinic_id,
+            lead_id=booking.lead_id,
+            request_id=request_id,
+        )
+    row = _execute_slot_write(
+        cur,
+        _BOOK,
+        {
+            "id": uuid.uuid4(),
+            "clinic_id": clinic_id,
+            "doctor_id": booking.doctor_id,
+            "patient_id": patient_id,
+            "starts_at": booking.starts_at,
+            "source": booking.source,
+            "request_id": request_id,
+        },
+    )
+    if not row["doctor_found"]:
+        raise NotFound(f"doctor {booking.doctor_id} not found")
+    if not row["patient_found"]:
+        raise NotFound(f"patient {patient_id} not found")
+    _refuse_bad_slot(row)
+    data = _public(row)
+    event_id = outbox.add_domain_event(
+        cur, detail_type=BOOKED, detail=_event_detail(clinic_id, row), request_id=request_id
+    )
+    return data, [event_id]
+
+
+def _execute_slot_write(cur: Cursor, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        cur.execute(sql, params)
+    except psycopg.errors.ExclusionViolation as exc:
+        if exc.diag.constraint_name != EXCLUSION_CONSTRAINT:
+            raise
+        raise slot_taken(exc, params) from exc
+    row = cur.fetchone()
+    assert row is not None
+    return dict(row)
+
+
+# "... conflicts with existing key (doctor_id, tstzrange(starts_at, ends_at))=(<uuid>,
+# ["2026-01-05 09:00:00+00","2026-01-05 09:30:00+00"))."
+_EXISTING_KEY = re.compile(
+    r"conflicts with existing key \(.*?\)=\((?P<doctor>[0-9a-f\-]{36}), "
+    r"\[\"(?P<start>[^\"]+)\",\"(?P<end>[^\"]+)\"\)\)"
+)
+
+
+def slot_taken(exc: psycopg.errors.ExclusionViolation, params: dict[str, Any]) -> SlotTaken:
+    """The 409 naming the slot already booked, read from the violation's detail (the
+    conflicting row is not visible to this transaction's snapshot, so it is not queried)."""
+    match = _EXISTING_KEY.search(exc.diag.message_detail or "")
+    if match is not None:
+        doctor_id = match["doctor"]
+        starts = iso_utc(datetime.fromisoformat(match["start"]))
+        ends = iso_utc(datetime.fromisoformat(match["end"]))
+    else:  # an unexpected format: name the requested slot instead
+        doctor_id = str(params.get("doctor_id", ""))
+        starts = iso_utc(params["starts_at"])
+        ends = ""
+    return SlotTaken(
+        f"doctor {doctor_id} is already booked from {starts} to {ends}",
+        doctor_id=doctor_id,
+        starts_at=starts,
+        ends_at=ends,
+    )
+
+
+def _refuse_bad_slot(row: dict[str, Any]) -> None:
+    if row["id"] is not None:
+        return
+    if not row["active"]:
+        raise InvalidInput("the doctor does not take appointments (inactive)")
+    if not row["in_future"]:
+        raise InvalidInput("the slot has already begun; book a future slot")
+    if not row["in_hours"]:
+        raise InvalidInput(
+            "the slot is not in the doctor's working hours or not on its slot grid;"
+            " see GET /doctors/{id}/availability"
+        )
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "doctorId": str(row["doctor_id"]),
+        "patientId": str(row["patient_id"]),
+        "startsAt": iso_utc(row["starts_at"]),
+        "endsAt": iso_utc(row["ends_at"]),
+        "status": row["status"],
+        "source": row["source"],
+        "doctorName": row["doctor_name"],
+    }
+
+
+def _event_detail(clinic_id: UUID, row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Ids and times only. `eventId` is stable across re-publishing the outbox row, so
+    NotifyWorker can send one notification per event however often it arrives."""
+    return {
+        "eventId": str(uuid.uuid4()),
+        "appointmentId": str(row["id"]),
+        "clinicId": str(clinic_id),
+        "doctorId": str(row["doctor_id"]),
+        "patientId": str(row["patient_id"]),
+        "startsAt": iso_utc(row["starts_at"]),
+        "endsAt": iso_utc(row["ends_at"]),
+        **extra,
+    }
+
+
+def change(
+    db: Database,
+    ports: Ports,
+    *,
+    clinic_id: UUID,
+    appointment_id: UUID,
+    change: AppointmentChange,
+    request_id: str | None,
+    idempotency: IdempotencyRequest | None = None,
+) -> Outcome:
+    """Reschedule (atomic: one UPDATE moves the row, so the old slot is freed and the new one
+    taken together, or nothing changes) or cancel. NotFound for other clinics' ids."""
+    write: Callable[[], tuple[dict[str, Any], list[int]]]
+    if change.starts_at is not None:
+        starts_at = change.starts_at
+
+        def write() -> tuple[dict[str, Any], list[int]]:
+            return _reschedule(cur, clinic_id, appointment_id, starts_at, request_id)
+    else:
+
+        def write() -> tuple[dict[str, Any], list[int]]:
+            return _cancel(cur, clinic_id, appointment_id, request_id)
+
+    with transaction(db) as cur:
+        outcome, outbox_ids = run_once(cur, clinic_id, idempotency, 200, write, list[int]())
+    outbox.relay(db, outbox_ids, ports.publisher)
+    return outcome
+
+
+def _reschedule(
+    cur: Cursor, clinic_id: UUID, appointment_id: UUID, starts_at: datetime, rid: str | None
+) -> tuple[dict[str, Any], list[int]]:
+    params = {"id": appointment_id, "clinic_id": clinic_id, "starts_at": starts_at}
+    try:
+        cur.execute(_RESCHEDULE, params)
+    except psycopg.errors.ExclusionViolation as exc:
+        if exc.diag.constraint_name != EXCLUSION_CONSTRAINT:
+            raise
+        raise slot_taken(exc, params) from exc
+    found = cur.fetchone()
+    if found is None:
+        raise NotFound(f"appointment {appointment_id} not found")
+    row = dict(found)
+    if row["current_status"] != "booked":
+        raise Conflict(f"appointment {appointment_id} is {row['current_status']}")
+    _refuse_bad_slot(row)
+    previous = iso_utc(row["previous_starts_at"])
+    event_id = outbox.add_domain_event(
+        cur,
+        detail_type=RESCHEDULED,
+        detail=_event_detail(clinic_id, row, previousStartsAt=previous),
+        request_id=rid,
+    )
+    return {**_public(row), "previousStartsAt": previous}, [event_id]
+
+
+def _cancel(
+    cur: Cursor, clinic_id: UUID, appointment_id: UUID, rid: str | None
+) -> tuple[dict[str, Any], list[int]]:
+    cur.execute(
+        f"""UPDATE appointments SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+            WHERE id = %(id)s AND clinic_id = %(clinic_id)s AND status = 'booked'
+            RETURNING {_PUBLIC}""",
+        {"id": appointment_id, "clinic_id": clinic_id},
+    )
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(
+            "SELECT status FROM appointments WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
+            {"id": appointment_id, "clinic_id": clinic_id},
+        )
+        existing = cur.fetchone()
+        if existing is None:
+            raise NotFound(f"appointment {appointment_id} not found")
+        raise Conflict(f"appointment {appointment_id} is {existing['status']}")
+    event_id = outbox.add_domain_event(
+        cur, detail_type=CANCELLED, detail=_event_detail(clinic_id, row), request_id=rid
+    )
+    return _public(row), [event_id]
+
+
+def list_appointments(
+    db: Database,
+    cipher: EnvelopeCipher,
+    *,
+    clinic_id: UUID,
+    doctor_id: UUID | None,
+    starts_from: datetime | None,
+    starts_to: datetime | None,
+    limit: int = 500,
+) -> list[AppointmentOut]:
+    """Appointments starting in [from, to) (default: the next 7 days), oldest first."""
+    starts_from = starts_from or datetime.now(UTC)
+    starts_to = starts_to or starts_from + timedelta(days=7)
+    if starts_to <= starts_from:
+        raise InvalidInput("to must be after from")
+    if starts_to - starts_from > MAX_LIST_RANGE:
+        raise InvalidInput(f"from and to may be at most {MAX_LIST_RANGE.days} days apart")
+    with transaction(db) as cur:
+        cur.execute(
+            f"""SELECT {_PUBLIC}, patient_name_enc, patient_dek FROM appointments
+                WHERE clinic_id = %(clinic_id)s
+                  AND (%(doctor_id)s::uuid IS NULL OR doctor_id = %(doctor_id)s)
+                  AND starts_at >= %(from)s AND starts_at < %(to)s
+                ORDER BY starts_at, id LIMIT %(limit)s""",
+            {
+                "clinic_id": clinic_id,
+                "doctor_id": doctor_id,
+                "from": starts_from,
+                "to": starts_to,
+                "limit": limit,
+            },
+        )
+        rows = cur.fetchall()
+    return [
+        AppointmentOut(
+            id=row["id"],
+            doctor_id=row["doctor_id"],
+            patient_id=row["patient_id"],
+            starts_at=iso_utc(row["starts_at"]),
+            ends_at=iso_utc(row["ends_at"]),
+            status=row["status"],
+            source=row["source"],
+            doctor_name=row["doctor_name"],
+            patient_name=patients.decrypt_name_snapshot(
+                cipher,
+                row["patient_id"],
+                bytes(row["patient_name_enc"]),
+                bytes(row["patient_dek"]),
+            ),
+        )
+        for row in rows
+    ]
