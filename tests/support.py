@@ -111,7 +111,7 @@ def reset_process_state() -> None:
     """Forget every per-container cache, as a new Lambda container would."""
     from frontdesk import assistant_worker, config, crypto, db, workers
     from frontdesk.clients import aws, llm
-    from frontdesk.web import routes_assistant, routes_leads
+    from frontdesk.web import routes_appointments, routes_assistant, routes_leads
 
     config.get_settings.cache_clear()
     aws.client.cache_clear()
@@ -119,6 +119,7 @@ def reset_process_state() -> None:
     aws._secrets_provider.cache_clear()
     crypto.reset()
     routes_leads.lead_ports.cache_clear()
+    routes_appointments.ports.cache_clear()
     routes_assistant.publisher.cache_clear()
     assistant_worker.reset_model()
     llm._bedrock_client.cache_clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from frontdesk.config import get_settings
-from frontdesk.web import routes_assistant, routes_jobs, routes_leads
+from frontdesk.web import routes_appointments, routes_assistant, routes_jobs, routes_leads
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
 
 
@@ -19,6 +19,6 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=get_settings().max_body_bytes)
     install_error_handlers(app)
-    for module in (routes_leads, routes_jobs, routes_assistant):
+    for module in (routes_leads, routes_jobs, routes_assistant, routes_appointments):
         app.include_router(module.router)
     return app
