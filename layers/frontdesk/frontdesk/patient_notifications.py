@@ -31,7 +31,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from frontdesk.crypto import EnvelopeCipher
+from frontdesk.crypto import EnvelopeCipher, normalise_phone
 from frontdesk.db import Cursor, Database, transaction
 from frontdesk.errors import FrontdeskError, PermanentMessageError
 from frontdesk.notifications import (
@@ -378,6 +378,8 @@ def _delivery(
     text = template.format(doctor=row["doctor_name"], when=row["whenever"])
     to = contact.email if channel == "email" else contact.phone
     assert to is not None  # _channels chose only channels with a contact
+    if channel == "sms":
+        to = normalise_phone(to)  # E.164, as SNS wants it
     return _Delivery(
         message_id=message_id,
         notification_id=delivery_id,
