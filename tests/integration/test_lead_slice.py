@@ -100,6 +100,10 @@ def test_public_lead_is_stored_encrypted_and_handed_off(app: App, api: Any) -> N
     assert rows(app, "SELECT count(*) FILTER (WHERE sent_at IS NULL), count(*) FROM outbox") == [
         (0, 2)
     ]
+    # And the lead.created event carries ids only, with an id of its own for deduplication
+    ((detail,),) = rows(app, "SELECT payload -> 'detail' FROM outbox WHERE target = 'bus'")
+    assert detail["leadId"] == lead_id and uuid.UUID(detail["eventId"])
+    assert set(detail) == {"eventId", "leadId", "clinicId", "source", "duplicateOf"}
     # And the job's message is on the notifications queue with the request id attribute
     messages = app.sqs().receive_message(
         QueueUrl=app.queue_url("NotificationsQueue"), MessageAttributeNames=["All"]

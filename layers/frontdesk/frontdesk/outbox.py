@@ -11,6 +11,7 @@ idempotent, so at-least-once is enough; losing a row is what must never happen.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,13 @@ def add_domain_event(
     request_id: str | None,
     bus: str = "default",
 ) -> int:
-    """A domain event for the EventBridge bus. `detail` must hold ids, never PII."""
+    """A domain event for the EventBridge bus. `detail` must hold ids, never PII.
+
+    The detail gets an `eventId` (unless it has one): EventBridge gives an event a new id
+    each time it is put, and the relay and the sweeper may both put one row, so consumers
+    deduplicate on this one.
+    """
+    detail = {"eventId": str(uuid.uuid4()), **detail}
     return _add(cur, "bus", bus, {"detailType": detail_type, "detail": detail}, request_id)
 
 
