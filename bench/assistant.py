@@ -32,6 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
 from bench.common import (
     PRISTINE_ENV,
     REPO,
@@ -47,6 +50,8 @@ from bench.common import (
     start_postgres,
     stdout_to_devnull,
 )
+from frontdesk import assistant
+from frontdesk.web.auth import Staff  # module level: FastAPI resolves the route's annotations
 
 MODEL_DELAY_SECONDS = 3.0
 CONCURRENT = 100
@@ -65,16 +70,12 @@ def ms(value: float) -> str:
 
 def blocking_handler() -> Any:
     """ApiFunction's app plus a blocking variant of the ask route, behind Mangum."""
-    from fastapi import APIRouter, Request
-    from fastapi.responses import JSONResponse
     from mangum import Mangum
 
-    from frontdesk import assistant
     from frontdesk.assistant_worker import chat_model
     from frontdesk.config import get_settings
     from frontdesk.db import get_database
     from frontdesk.web.app import create_app
-    from frontdesk.web.auth import Staff
     from frontdesk.web.http import envelope
     from frontdesk.web.routes_assistant import _budget, publisher
 
