@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from frontdesk.config import get_settings
-from frontdesk.web import routes_appointments, routes_assistant, routes_jobs, routes_leads
+from frontdesk.web import (
+    routes_appointments,
+    routes_assistant,
+    routes_jobs,
+    routes_leads,
+    routes_sync,
+)
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
 
 
@@ -17,8 +23,19 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=get_settings().max_body_bytes)
+    settings = get_settings()
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_rules=routes_sync.body_rules(settings),
+    )
     install_error_handlers(app)
-    for module in (routes_leads, routes_jobs, routes_assistant, routes_appointments):
+    for module in (
+        routes_leads,
+        routes_jobs,
+        routes_assistant,
+        routes_appointments,
+        routes_sync,
+    ):
         app.include_router(module.router)
     return app
