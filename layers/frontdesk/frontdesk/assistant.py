@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -498,6 +498,17 @@ def _store_reply(
         },
     )
     return cur.fetchone() is not None
+
+
+def requeue_replies(cur: Cursor, job_ids: Sequence[UUID]) -> int:
+    """Replies given up on (their jobs dead) wait again: their messages are being replayed."""
+    cur.execute(
+        """UPDATE messages SET status = 'queued', claimed_until = NULL, completed_at = NULL,
+                  updated_at = now()
+           WHERE job_id = ANY(%(ids)s::uuid[]) AND role = 'assistant' AND status = 'failed'""",
+        {"ids": list(job_ids)},
+    )
+    return cur.rowcount
 
 
 def _fail_reply(cur: Cursor, reply_id: UUID, error: str) -> None:

@@ -136,6 +136,28 @@ def record_error(cur: Cursor, job_id: UUID, error: str) -> None:
     record_errors(cur, [job_id], [error])
 
 
+def revive_dead(cur: Cursor, job_ids: Sequence[UUID]) -> list[dict[str, Any]]:
+    """Dead jobs whose messages are replayed from the DLQ are queued again (the replayed copy
+    starts a fresh count of receives); other statuses are left alone. The last error stays."""
+    cur.execute(
+        """UPDATE jobs SET status = 'queued', finished_at = NULL, updated_at = now()
+           WHERE id = ANY(%(ids)s::uuid[]) AND status = 'dead'
+           RETURNING id, kind""",
+        {"ids": list(job_ids)},
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def errors_of(cur: Cursor, job_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
+    """Status, attempts and last error of jobs (any clinic: the operator's dead-letter view)."""
+    cur.execute(
+        """SELECT id, kind, status, attempts, error FROM jobs
+           WHERE id = ANY(%(ids)s::uuid[])""",
+        {"ids": list(job_ids)},
+    )
+    return {row["id"]: dict(row) for row in cur.fetchall()}
+
+
 def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]:
     """Cancel a queued or running job of this clinic. Its worker finds it cancelled and does
     nothing (a running one's result is discarded). NotFound for other clinics' ids, Conflict

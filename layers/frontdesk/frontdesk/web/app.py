@@ -8,9 +8,9 @@ from frontdesk.config import get_settings
 from frontdesk.web import (
     routes_appointments,
     routes_assistant,
+    routes_dead_letters,
     routes_jobs,
     routes_leads,
-    routes_sync,
 )
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
 
@@ -23,19 +23,14 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    settings = get_settings()
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        body_rules=routes_sync.body_rules(settings),
-    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=get_settings().max_body_bytes)
     install_error_handlers(app)
     for module in (
         routes_leads,
         routes_jobs,
         routes_assistant,
         routes_appointments,
-        routes_sync,
+        routes_dead_letters,
     ):
         app.include_router(module.router)
     return app

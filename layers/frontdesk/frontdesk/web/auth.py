@@ -91,4 +91,16 @@ def form_clinic(form_key: Annotated[str | None, Depends(form_key_header)]) -> UU
 
 
 Staff = Annotated[Principal, Depends(staff)]
+
+ADMIN_ROLE = "admin"
+
+
+def admin(principal: Staff) -> Principal:
+    """Staff holding the admin role (operations: dead letters, queues, provider accounts)."""
+    if ADMIN_ROLE not in principal.roles:
+        raise Forbidden("this route needs the admin role")
+    return principal
+
+
+Admin = Annotated[Principal, Depends(admin)]
 FormClinic = Annotated[UUID, Depends(form_clinic)]
