@@ -124,7 +124,16 @@ def reset_process_state() -> None:
     assistant_worker.reset_model()
     llm._bedrock_client.cache_clear()
     workers._mailer.cache_clear()
+    _reset_sync_caches()
     database = db._database
     if database is not None:
         database.close()
     db.set_database(None)
+
+
+def _reset_sync_caches() -> None:
+    from frontdesk import sync_worker
+    from frontdesk.web import routes_sync
+
+    sync_worker.ports.cache_clear()
+    routes_sync.publisher.cache_clear()

@@ -368,6 +368,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-LlmQueue",
             "QueueName": "frontdesk-local-LlmQueue",
         },
+        "SyncQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-SyncQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-SyncQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-SyncQueue",
+            "QueueName": "frontdesk-local-SyncQueue",
+        },
         "EventBus": {
             "Ref": "frontdesk-dev",
             "Name": "frontdesk-dev",
@@ -408,7 +414,9 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
-    assert set(sources) == {"NotifyWorker", "LlmWorker"}
+    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker"}
+    assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
+    assert sources["SyncWorker"].visibility_timeout == 720
     source = sources["NotifyWorker"]
     # Then they carry what the poller needs to behave like Lambda
     assert source.function_logical_id == "NotifyWorker"
@@ -426,6 +434,7 @@ def test_schedules(stack: Provisioned) -> None:
     # Given the real template / When its schedules are listed
     schedules = {s.function_logical_id: s for s in stack.schedules()}
     assert schedules["Reminders"].expression == "rate(5 minutes)"
+    assert schedules["ProviderPoller"].expression == "rate(15 minutes)"
     schedule = schedules["OutboxSweeper"]
     # Then the sweeper fires every minute with a Scheduled Event
     assert schedule.function_logical_id == "OutboxSweeper"

@@ -287,7 +287,7 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
     stack = Provisioned(template=template, parameters=parameter_values(template))
     # When the HTTP routes are listed
     routes = set(stack.http_routes())
-    # Then staff routes need the JWT and only the public lead form is open
+    # Then staff routes need the JWT; only the public lead form and the signed webhooks are open
     assert routes == {
         ("POST", "/leads", "StaffJwt"),
         ("GET", "/leads/{id}", "StaffJwt"),
@@ -308,6 +308,12 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("PATCH", "/appointments/{id}", "StaffJwt"),
         ("GET", "/ops/dead-letters", "StaffJwt"),
         ("POST", "/ops/dead-letters/replay", "StaffJwt"),
+        ("POST", "/webhooks/{provider}/{account}", None),
+        ("POST", "/leads/imports", "StaffJwt"),
+        ("POST", "/provider-accounts", "StaffJwt"),
+        ("GET", "/provider-accounts", "StaffJwt"),
+        ("GET", "/provider-accounts/{id}", "StaffJwt"),
+        ("PUT", "/provider-accounts/{id}/credentials", "StaffJwt"),
     }
     # And the open route is throttled harder than the API's default
     defaults = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
@@ -326,7 +332,8 @@ def test_globals_carry_the_settings_the_code_reads(template: Template) -> None:
     environments = {
         spec.logical_id: stack.function_environment(spec.logical_id)
         for spec in stack.functions()
-        if spec.logical_id != "ApiFunction"
+        # These name created resources (keys, queues) that only provisioning resolves.
+        if spec.logical_id not in {"ApiFunction", "SyncWorker", "ProviderPoller"}
     }
     # Then every function gets the shared settings
     for environment in environments.values():

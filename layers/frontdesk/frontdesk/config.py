@@ -94,9 +94,34 @@ class Settings(BaseSettings):
     # Request limits.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
+    # Provider sync (SyncWorker, ProviderPoller, webhooks, bulk imports).
+    sync_queue_url: str = ""
+    # Webhooks: the signed timestamp may be this far in the past or the future.
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    webhook_max_body_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # Provider HTTP calls: one call's timeout, attempts within one invocation, backoff.
+    provider_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    provider_max_attempts: int = Field(default=4, ge=1, le=10)
+    provider_backoff_base_seconds: float = Field(default=0.2, ge=0, le=30)
+    provider_backoff_max_seconds: float = Field(default=5.0, ge=0, le=60)
+    provider_breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    provider_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=900)
+    # Plain-HTTP provider base URLs are refused unless this is set (the local fake provider).
+    provider_allow_http: bool = False
+    # The poller takes at most this many changes per account per run.
+    poll_max_changes: int = Field(default=500, ge=1, le=10_000)
+    # CSV imports: the upload limit (API Gateway's HTTP API caps payloads at 10 MB) and the
+    # window of the file the worker reads, parses and commits as one chunk.
+    import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
+    import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
+
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
-        return {"notifications": self.notifications_queue_url, "llm": self.llm_queue_url}
+        return {
+            "notifications": self.notifications_queue_url,
+            "llm": self.llm_queue_url,
+            "sync": self.sync_queue_url,
+        }
 
     def dead_letter_queues(self) -> dict[str, tuple[str, str]]:
         """Logical queue name -> (its DLQ URL, its source queue URL), where both are set."""

@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,6 +120,20 @@ class EnvelopeCipher:
             return None
         nonce = os.urandom(_NONCE_BYTES)
         return nonce + AESGCM(key.plaintext).encrypt(nonce, value.encode(), aad)
+
+    @staticmethod
+    def encryptor(key: DataKey) -> Callable[[str | None, bytes], bytes | None]:
+        """`encrypt` for many fields under one key: the AES-GCM object is built once (bulk
+        imports encrypt hundreds of thousands of fields)."""
+        aes = AESGCM(key.plaintext)
+
+        def encrypt(value: str | None, aad: bytes) -> bytes | None:
+            if value is None:
+                return None
+            nonce = os.urandom(_NONCE_BYTES)
+            return nonce + aes.encrypt(nonce, value.encode(), aad)
+
+        return encrypt
 
     def decrypt(self, encrypted_key: bytes, blob: bytes | None, aad: bytes) -> str | None:
         if blob is None:

@@ -11,6 +11,7 @@ from frontdesk.web import (
     routes_dead_letters,
     routes_jobs,
     routes_leads,
+    routes_sync,
 )
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
 
@@ -23,7 +24,12 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=get_settings().max_body_bytes)
+    settings = get_settings()
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_rules=routes_sync.body_rules(settings),
+    )
     install_error_handlers(app)
     for module in (
         routes_leads,
@@ -31,6 +37,7 @@ def create_app() -> FastAPI:
         routes_assistant,
         routes_appointments,
         routes_dead_letters,
+        routes_sync,
     ):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -82,15 +83,45 @@ def request_id_of(scope: Scope) -> str:
     return str(uuid.uuid4())
 
 
+@dataclass(frozen=True)
+class BodyRule:
+    """A route whose body is not the default JSON: its own media types and size limit
+    (a provider webhook verified over its raw bytes, a CSV upload)."""
+
+    method: str
+    path: re.Pattern[str]
+    media_types: frozenset[bytes]
+    max_bytes: int
+
+    def accepts(self, media_type: bytes) -> bool:
+        return media_type in self.media_types
+
+
+def _media_type(scope: Scope) -> bytes:
+    headers = dict(scope["headers"])
+    media_type: bytes = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return media_type
+
+
 class RequestContextMiddleware:
     """Request id and timing for every request; body size and media type for writes.
 
     Pure ASGI (no BaseHTTPMiddleware) so it adds microseconds, not a task per request.
+    `body_rules` give single routes other media types and size limits than the JSON default.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_rules: tuple[BodyRule, ...] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_rules = body_rules
+
+    def _rule(self, scope: Scope) -> BodyRule | None:
+        for rule in self.body_rules:
+            if scope["method"] == rule.method and rule.path.fullmatch(scope["path"]):
+                return rule
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,14 +133,20 @@ class RequestContextMiddleware:
         state["started"] = time.perf_counter()
         logger.set_correlation_id(request_id)
 
-        problem = self._refuse_body(scope)
+        rule = self._rule(scope)
+        max_body_bytes = rule.max_bytes if rule is not None else self.max_body_bytes
+        problem = self._refuse_body(scope, max_body_bytes)
         if problem is not None:
             response = problem_response(scope["path"], request_id, problem)
             await response(scope, receive, send)
             return
 
         received = 0
-        json_body = self._is_json(scope)
+        if rule is not None:
+            media_ok = rule.accepts(_media_type(scope))
+            media_hint = b", ".join(sorted(rule.media_types)).decode()
+        else:
+            media_ok, media_hint = self._is_json(scope), "application/json"
 
         async def limited_receive() -> Message:
             # An HTTPException raised here passes FastAPI's body parsing unchanged.
@@ -117,11 +154,11 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 chunk = len(message.get("body", b""))
-                if chunk and not json_body and scope["method"] in _BODY_METHODS:
-                    raise HTTPException(415, "send the body as application/json")
+                if chunk and not media_ok and scope["method"] in _BODY_METHODS:
+                    raise HTTPException(415, f"send the body as {media_hint}")
                 received += chunk
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, f"the body is over {self.max_body_bytes} bytes")
+                if received > max_body_bytes:
+                    raise HTTPException(413, f"the body is over {max_body_bytes} bytes")
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -132,7 +169,7 @@ class RequestContextMiddleware:
 
         await self.app(scope, limited_receive, send_with_id)
 
-    def _refuse_body(self, scope: Scope) -> FrontdeskError | None:
+    def _refuse_body(self, scope: Scope, max_body_bytes: int) -> FrontdeskError | None:
         """Refuse a declared oversized body before reading it."""
         if scope["method"] not in _BODY_METHODS:
             return None
@@ -143,8 +180,8 @@ class RequestContextMiddleware:
                 size = int(length)
             except ValueError:
                 return PayloadTooLarge("the Content-Length header is not a number")
-            if size > self.max_body_bytes:
-                return PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
+            if size > max_body_bytes:
+                return PayloadTooLarge(f"the body is over {max_body_bytes} bytes")
         return None
 
     @staticmethod

@@ -1,0 +1,532 @@
+"""Provider sync against real PostgreSQL, a moto server built from template.yaml and the fake
+provider on loopback: accounts, signed webhooks, SyncWorker, the poller."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from local.fake_provider import DEFAULT_API_KEY, FakeProvider
+from local.sqs_source import poll_once
+from tests.integration.conftest import App
+from tests.support import (
+    REPO,
+    LambdaContext,
+    http_event,
+    http_response,
+    load_handler,
+    reset_process_state,
+    sqs_event,
+)
+
+SECRET = "whsec_test_secret_0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def api() -> Any:
+    return load_handler("api")
+
+
+@pytest.fixture(scope="module")
+def worker() -> Any:
+    return load_handler("sync_worker")
+
+
+@pytest.fixture(scope="module")
+def poller() -> Any:
+    return load_handler("provider_poller")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def sync_app(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
+    # The fake provider speaks plain HTTP on loopback; retries should not sleep for long.
+    monkeypatch.setenv("PROVIDER_ALLOW_HTTP", "true")
+    monkeypatch.setenv("PROVIDER_BACKOFF_BASE_SECONDS", "0.01")
+    monkeypatch.setenv("PROVIDER_BACKOFF_MAX_SECONDS", "0.05")
+    reset_process_state()
+    return app
+
+
+def call(api: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    return http_response(api.handler(event, LambdaContext()))
+
+
+def admin_event(method: str, path: str, clinic_id: uuid.UUID, body: Any = None) -> dict[str, Any]:
+    event = http_event(method, path, body=body, clinic_id=clinic_id)
+    event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = "[staff admin]"
+    return event
+
+
+def rows(app: App, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(app.database_url) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def drain(app: App, worker: Any) -> int:
+    """Run SyncWorker over the sync queue like Lambda's event source mapping."""
+    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == "SyncWorker")
+    seen = 0
+    while True:
+        result = poll_once(
+            app.sqs(),
+            queue_url=source.queue_url,
+            queue_arn=source.queue_arn,
+            region="us-east-1",
+            batch_size=source.batch_size,
+            partial_batch_response=source.report_batch_item_failures,
+            invoke=lambda event: worker.handler(event, LambdaContext()),
+            wait_seconds=0,
+            retry_after_seconds=0,
+        )
+        if result.received == 0:
+            return seen
+        seen += result.received
+
+
+def queued_messages(app: App) -> int:
+    attributes = app.sqs().get_queue_attributes(
+        QueueUrl=app.queue_url("SyncQueue"), AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def connect(app: App, api: Any, worker: Any, fake: FakeProvider, api_key: str = DEFAULT_API_KEY):  # type: ignore[no-untyped-def]
+    """An admin connects the fake provider; SyncWorker validates it. Returns the account id."""
+    body = {
+        "provider": "generic",
+        "name": "Fake ads",
+        "apiBaseUrl": fake.url,
+        "credentials": {"apiKey": api_key},
+        "webhookSecret": SECRET,
+        "requestsPerSecond": 1000,
+    }
+    status, headers, saved = call(
+        api, admin_event("POST", "/provider-accounts", app.clinic_id, body)
+    )
+    assert status == 202, saved
+    assert saved["data"]["status"] == "pending" and "webhookSecret" not in saved["data"]
+    assert headers["location"] == f"/jobs/{saved['data']['jobId']}"
+    drain(app, worker)
+    return saved["data"]["id"]
+
+
+def webhook(
+    api: Any, account_id: str, body: bytes, signature: str | None, **headers: str
+) -> tuple[int, dict[str, str], Any]:
+    sent = {"content-type": "application/json", **headers}
+    if signature is not None:
+        sent["webhook-signature"] = signature
+    return call(
+        api,
+        http_event("POST", f"/webhooks/generic/{account_id}", body=body.decode(), headers=sent),
+    )
+
+
+def test_saving_credentials_answers_at_once_and_validation_shows_in_the_status(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given the fake provider and an admin
+    # When a good and a bad key are saved and SyncWorker runs their validation jobs
+    good = connect(sync_app, api, worker, fake)
+    bad = connect(sync_app, api, worker, fake, api_key="wrong-key")
+    # Then the account statuses show the provider's answers
+    status, _, account = call(
+        api, admin_event("GET", f"/provider-accounts/{good}", sync_app.clinic_id)
+    )
+    assert status == 200 and account["data"]["status"] == "active"
+    assert account["data"]["lastError"] is None and account["data"]["validatedAt"]
+    _, _, refused = call(api, admin_event("GET", f"/provider-accounts/{bad}", sync_app.clinic_id))
+    assert refused["data"]["status"] == "invalid" and "401" in refused["data"]["lastError"]
+    # And no secret is readable, not in the answer, not in plaintext in the database
+    assert DEFAULT_API_KEY not in json.dumps(account) and SECRET not in json.dumps(account)
+    (stored,) = rows(sync_app, "SELECT provider_accounts::text FROM provider_accounts LIMIT 1")
+    assert DEFAULT_API_KEY not in stored[0] and SECRET not in stored[0]
+    # And staff without the admin role, or another clinic, get nothing
+    status, _, _ = call(api, http_event("GET", "/provider-accounts", clinic_id=sync_app.clinic_id))
+    assert status == 403
+    status, _, _ = call(
+        api, admin_event("GET", f"/provider-accounts/{good}", sync_app.other_clinic_id)
+    )
+    assert status == 404
+
+
+def test_bad_webhooks_are_refused_and_enqueue_nothing(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given a connected account and one good delivery already accepted
+    account = connect(sync_app, api, worker, fake)
+    change = fake.add_lead("Ada Lovelace", "ada@example.org")
+    body, signature = fake.webhook(change, SECRET)
+    status, _, first = webhook(api, account, body, signature)
+    assert status == 202 and first["data"]["duplicate"] is False
+    before = (
+        rows(sync_app, "SELECT count(*) FROM jobs WHERE kind = 'sync.fetch'"),
+        rows(sync_app, "SELECT count(*) FROM outbox"),
+        rows(sync_app, "SELECT count(*) FROM webhook_deliveries"),
+        queued_messages(sync_app),
+    )
+    now = int(time.time())
+    other = fake.add_lead("Grace Hopper", "grace@example.org")
+    other_body, _ = fake.webhook(other, SECRET)
+    refusals = {
+        # When the signature is made with another secret
+        "bad signature": (other_body, fake.webhook(other, "whsec_wrong_secret_0123456")[1]),
+        # When the signed timestamp is too old or too far ahead (the unit tests pin 300 s)
+        "stale": (other_body, fake.webhook(other, SECRET, at=now - 400)[1]),
+        "future": (other_body, fake.webhook(other, SECRET, at=now + 400)[1]),
+        # When the body was changed after signing, or the header is missing or malformed
+        "tampered": (other_body.replace(b"chg_", b"chX_"), fake.webhook(other, SECRET)[1]),
+        "unsigned": (other_body, None),
+        "malformed": (other_body, "t=abc,v1=zz"),
+    }
+    for reason, (sent, signature) in refusals.items():
+        status, _, problem = webhook(api, account, sent, signature)
+        # Then each is refused as unauthorized, saying why
+        assert status == 401, (reason, problem)
+        assert problem["title"] == "Unauthorized"
+    # When the body is over the webhook limit (16 KiB)
+    padded = json.dumps({**other, "padding": "x" * 17_000}).encode()
+    status, _, problem = webhook(api, account, padded, fake.webhook(other, SECRET)[1])
+    assert status == 413, problem
+    # When the first delivery is replayed, correctly signed
+    status, _, replay = webhook(api, account, body, fake.webhook(change, SECRET)[1])
+    # Then it is answered without effect (2xx, so an honest provider retry stops)
+    assert status == 200 and replay["data"]["duplicate"] is True
+    assert replay["data"]["jobId"] == first["data"]["jobId"]
+    # When the account id is unknown, or the provider in the path is not the account's
+    status, _, _ = webhook(api, str(uuid.uuid4()), other_body, fake.webhook(other, SECRET)[1])
+    assert status == 404
+    status, _, _ = call(
+        api,
+        http_event(
+            "POST",
+            f"/webhooks/other/{account}",
+            body=other_body.decode(),
+            headers={"webhook-signature": fake.webhook(other, SECRET)[1]},
+        ),
+    )
+    assert status == 404
+    # Then nothing of any refusal was recorded or enqueued
+    after = (
+        rows(sync_app, "SELECT count(*) FROM jobs WHERE kind = 'sync.fetch'"),
+        rows(sync_app, "SELECT count(*) FROM outbox"),
+        rows(sync_app, "SELECT count(*) FROM webhook_deliveries"),
+        queued_messages(sync_app),
+    )
+    assert after == before
+
+
+def test_a_burst_of_500_deliveries_with_duplicates_yields_exactly_the_unique_leads(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given 400 leads at the provider, and 500 webhook deliveries: each change once, plus
+    # 100 repeats of earlier deliveries (20%)
+    account = connect(sync_app, api, worker, fake)
+    changes = [fake.add_lead(f"Lead {i}", f"lead{i}@example.org") for i in range(400)]
+    deliveries = changes + changes[::4]
+    assert len(deliveries) == 500
+    # When they all arrive through the API handler
+    statuses = [webhook(api, account, *fake.webhook(change, SECRET))[0] for change in deliveries]
+    # Then 400 are accepted, 100 recognised as replays
+    assert statuses.count(202) == 400 and statuses.count(200) == 100
+    # When SyncWorker drains the queue
+    assert drain(sync_app, worker) == 400
+    # Then exactly the 400 unique leads exist, each once, with one lead.created event each
+    assert rows(
+        sync_app,
+        "SELECT count(*), count(DISTINCT external_id) FROM leads WHERE provider = 'generic'",
+    ) == [(400, 400)]
+    assert rows(
+        sync_app,
+        "SELECT count(*) FROM outbox WHERE payload->>'detailType' = 'lead.created'",
+    ) == [(400,)]
+    assert rows(
+        sync_app, "SELECT status, count(*) FROM jobs WHERE kind = 'sync.fetch' GROUP BY status"
+    ) == [("succeeded", 400)]
+    # When SQS redelivers some messages (at least once) and the worker sees them again
+    (job_id,) = rows(sync_app, "SELECT id FROM jobs WHERE kind = 'sync.fetch' LIMIT 1")[0]
+    body = json.dumps(
+        {"jobId": str(job_id), "kind": "sync.fetch", "clinicId": str(sync_app.clinic_id)}
+    )
+    answer = worker.handler(sqs_event([body, body]), LambdaContext())
+    # Then nothing changes
+    assert answer == {"batchItemFailures": []}
+    assert rows(sync_app, "SELECT count(*) FROM leads WHERE provider = 'generic'") == [(400,)]
+
+
+def test_a_provider_that_answers_429_then_succeeds(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given a connected account and a lead whose webhook arrives
+    account = connect(sync_app, api, worker, fake)
+    change = fake.add_lead("Katherine Johnson", phone="+1 555 0100 999")
+    status, _, accepted = webhook(api, account, *fake.webhook(change, SECRET))
+    assert status == 202
+    # When the provider rate-limits the next two calls, then answers
+    fake.rate_limit(2, retry_after=0)
+    assert drain(sync_app, worker) == 1
+    # Then the worker waited and retried within the same invocation, and the lead is there
+    job_id = accepted["data"]["jobId"]
+    _, _, job = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=sync_app.clinic_id))
+    assert job["data"]["status"] == "succeeded" and job["data"]["attempts"] == 1
+    assert job["data"]["result"]["created"] == 1 and job["data"]["result"]["retries"] == 2
+    assert fake.requests[-3:] == [f"/v1/leads/{change['resourceId']}"] * 3
+    (lead_id,) = rows(
+        sync_app, "SELECT id FROM leads WHERE external_id = %s", change["resourceId"]
+    )[0]
+    _, _, lead = call(api, http_event("GET", f"/leads/{lead_id}", clinic_id=sync_app.clinic_id))
+    assert lead["data"]["name"] == "Katherine Johnson" and lead["data"]["source"] == "generic"
+
+
+def test_a_provider_that_keeps_failing_fails_the_record_and_the_breaker_opens(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a connected account, a breaker that opens after one exhausted call
+    monkeypatch.setenv("PROVIDER_BREAKER_FAILURE_THRESHOLD", "1")
+    monkeypatch.setenv("PROVIDER_MAX_ATTEMPTS", "2")
+    reset_process_state()
+    account = connect(sync_app, api, worker, fake)
+    change = fake.add_lead("Hedy Lamarr", "hedy@example.org")
+    webhook(api, account, *fake.webhook(change, SECRET))
+    # When the provider answers 503 to everything
+    fake.fail(100, status=503)
+    (job_id,) = rows(sync_app, "SELECT id FROM jobs WHERE kind = 'sync.fetch'")[0]
+    body = json.dumps(
+        {"jobId": str(job_id), "kind": "sync.fetch", "clinicId": str(sync_app.clinic_id)}
+    )
+    first = worker.handler(sqs_event([body]), LambdaContext())
+    calls_after_first = len(fake.requests)
+    second = worker.handler(sqs_event([body]), LambdaContext())
+    # Then both attempts fail their record (SQS retries), the second without calling at all
+    assert len(first["batchItemFailures"]) == 1 and len(second["batchItemFailures"]) == 1
+    assert len(fake.requests) == calls_after_first
+    (state,) = rows(sync_app, "SELECT state FROM circuit_breakers")[0]
+    assert state == "open"
+    # And the job and the account say why
+    assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("running",)]
+    (error,) = rows(sync_app, "SELECT last_error FROM provider_accounts WHERE id = %s", account)[0]
+    assert "503" in error
+    # When the last receive fails too
+    last = worker.handler(sqs_event([body], receive_count=5), LambdaContext())
+    assert len(last["batchItemFailures"]) == 1
+    # Then the job is dead (the message goes to the DLQ)
+    assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("dead",)]
+
+
+def test_missed_webhooks_are_recovered_by_the_poller(
+    sync_app: App, api: Any, worker: Any, poller: Any, fake: FakeProvider
+) -> None:
+    # Given five new leads at the provider, of which only two webhooks arrived
+    account = connect(sync_app, api, worker, fake)
+    changes = [fake.add_lead(f"Person {i}", f"p{i}@example.org") for i in range(5)]
+    for change in changes[:2]:
+        assert webhook(api, account, *fake.webhook(change, SECRET))[0] == 202
+    drain(sync_app, worker)
+    # When the poller runs
+    scheduled = json.loads((REPO / "events" / "provider_poller.json").read_text())
+    totals = poller.handler(scheduled, LambdaContext())
+    # Then it saw five changes and enqueued the three missed ones, in one job, and moved
+    # the cursor past them
+    assert totals["changes"] == 5 and totals["missed"] == 3
+    assert rows(sync_app, "SELECT sync_cursor FROM provider_accounts WHERE id = %s", account) == [
+        ("5",)
+    ]
+    assert drain(sync_app, worker) == 1
+    assert rows(sync_app, "SELECT count(*) FROM leads WHERE provider = 'generic'") == [(5,)]
+    # When it runs again with nothing new, and the provider then fails
+    again = poller.handler({}, LambdaContext())
+    assert again["missed"] == 0 and queued_messages(sync_app) == 0
+    fake.add_lead("Person 6", "p6@example.org")
+    fake.fail(100)
+    failed = poller.handler({}, LambdaContext())
+    # Then the cursor stays where the durable work ended, so the next poll finds it
+    assert failed["failed"] == 1
+    assert rows(sync_app, "SELECT sync_cursor FROM provider_accounts WHERE id = %s", account) == [
+        ("5",)
+    ]
+
+
+# ---------------------------------------------------------------- bulk CSV imports
+
+
+def csv_upload(
+    api: Any, clinic_id: uuid.UUID, text: str, **query: str
+) -> tuple[int, dict[str, str], Any]:
+    event = http_event(
+        "POST",
+        "/leads/imports",
+        body=text,
+        clinic_id=clinic_id,
+        headers={"content-type": "text/csv"},
+        query="&".join(f"{k}={v}" for k, v in query.items()),
+    )
+    return call(api, event)
+
+
+def people_csv(count: int, bad_every: int = 0) -> tuple[str, set[int]]:
+    """A CSV of `count` rows; every `bad_every`-th has a broken email. Returns the text and
+    the line numbers of the bad rows."""
+    lines = ["name,email,phone,notes,consent"]
+    bad = set()
+    for i in range(count):
+        line_no = i + 2
+        if bad_every and i % bad_every == bad_every - 1:
+            lines.append(f"Broken {i},not-an-email,,,yes")
+            bad.add(line_no)
+        else:
+            lines.append(f'"Person, {i}",person{i}@example.org,+1 555 {i:07d},"said ""hi""",yes')
+    return "\n".join(lines) + "\n", bad
+
+
+def test_import_of_a_file_with_bad_rows_reports_them_and_imports_the_rest(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given a CSV with good rows, rows that break the rules, and a malformed line
+    text, bad = people_csv(40, bad_every=10)
+    text += "Only a name,,,,\n" + '"Unclosed quote,x@example.org,,,no\n'
+    # When staff upload it
+    status, headers, accepted = csv_upload(api, sync_app.clinic_id, text, source="old_crm")
+    # Then it is accepted at once with its job
+    assert status == 202, accepted
+    job_id = accepted["data"]["jobId"]
+    assert headers["location"] == f"/jobs/{job_id}" and accepted["data"]["rowsTotal"] == 42
+    # When SyncWorker processes it
+    assert drain(sync_app, worker) == 1
+    # Then the job succeeded and shows rows done, imported and each bad row's line and reason
+    _, _, job = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=sync_app.clinic_id))
+    result = job["data"]["result"]
+    assert job["data"]["status"] == "succeeded" and job["data"]["progress"] == 100
+    assert (result["rowsDone"], result["rowsImported"], result["errorCount"]) == (42, 36, 6)
+    errors = {e["line"]: e["reason"] for e in result["errors"]}
+    assert set(errors) == bad | {42, 43}
+    assert errors[11] == "email: not an email address"
+    assert errors[42] == "give an email, a phone number, or both"
+    assert "36 imported" in job["data"]["progress_message"]
+    # And the leads are stored encrypted, readable by staff, with the quoted commas intact
+    (lead_id,) = rows(sync_app, "SELECT id FROM leads WHERE external_id LIKE '%%:2'")[0]
+    _, _, lead = call(api, http_event("GET", f"/leads/{lead_id}", clinic_id=sync_app.clinic_id))
+    assert lead["data"]["name"] == "Person, 0" and lead["data"]["notes"] == 'said "hi"'
+    assert lead["data"]["source"] == "old_crm" and lead["data"]["consent"] is True
+    (stored,) = rows(sync_app, "SELECT leads::text FROM leads WHERE id = %s", lead_id)[0]
+    assert "person0@example.org" not in stored and "Person" not in stored
+
+
+def test_bad_uploads_are_refused(sync_app: App, api: Any) -> None:
+    # Given uploads with unknown columns, no contact column, JSON instead of CSV, or too big
+    refused = [
+        csv_upload(api, sync_app.clinic_id, "name,email,ssn\nA,a@example.org,1\n"),
+        csv_upload(api, sync_app.clinic_id, "name,notes\nA,b\n"),
+        csv_upload(api, sync_app.clinic_id, "", source="x"),
+        call(
+            api,
+            http_event("POST", "/leads/imports", body={"name": "x"}, clinic_id=sync_app.clinic_id),
+        ),
+    ]
+    # Then each gets its 4xx and nothing is stored
+    assert [status for status, _, _ in refused] == [422, 422, 422, 415]
+    assert rows(sync_app, "SELECT count(*) FROM lead_imports") == [(0,)]
+    # And the CSV limit is the route's own, not the 64 KiB JSON limit
+    text, _ = people_csv(1500)
+    assert len(text) > 64 * 1024
+    status, _, _ = csv_upload(api, sync_app.clinic_id, text)
+    assert status == 202
+
+
+def test_an_import_killed_mid_way_resumes_without_duplicates(
+    sync_app: App, api: Any, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given small chunks (about 12 rows each) and an upload of 100 rows, 5 of them bad
+    monkeypatch.setenv("IMPORT_CHUNK_BYTES", "1024")
+    reset_process_state()
+    text, bad = people_csv(100, bad_every=20)
+    _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    job_id = accepted["data"]["jobId"]
+    # When the worker dies inside its fourth chunk's transaction
+    from frontdesk import leads
+
+    real_insert = leads.insert_imported
+    calls = {"n": 0}
+
+    def dies_in_fourth_chunk(*args: Any, **kwargs: Any) -> int:
+        calls["n"] += 1
+        inserted = real_insert(*args, **kwargs)
+        if calls["n"] == 4:
+            raise MemoryError("the container died")  # after the INSERT, before the commit
+        return inserted
+
+    monkeypatch.setattr(leads, "insert_imported", dies_in_fourth_chunk)
+    body = json.dumps(
+        {"jobId": job_id, "kind": "leads.import", "clinicId": str(sync_app.clinic_id)}
+    )
+    first = worker.handler(sqs_event([body]), LambdaContext())
+    assert len(first["batchItemFailures"]) == 1
+    # Then three chunks are committed and the job shows their progress
+    (chunks, done, offset) = rows(
+        sync_app, "SELECT chunks_done, rows_done, next_offset FROM lead_imports"
+    )[0]
+    assert chunks == 3 and 0 < done < 100
+    _, _, job = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=sync_app.clinic_id))
+    assert job["data"]["status"] == "running" and 0 < job["data"]["progress"] < 100
+    assert job["data"]["result"]["rowsDone"] == done
+    assert rows(sync_app, "SELECT count(*) FROM leads") == [
+        (done - len(bad & set(range(2, done + 2))),)
+    ]
+    # When the message is delivered again (the same message, twice, as SQS may)
+    monkeypatch.setattr(leads, "insert_imported", real_insert)
+    second = worker.handler(sqs_event([body, body]), LambdaContext())
+    # Then the import resumed from the last committed chunk and finished, without duplicates
+    assert second == {"batchItemFailures": []}
+    assert rows(sync_app, "SELECT count(*), count(DISTINCT external_id) FROM leads") == [(95, 95)]
+    _, _, job = call(api, http_event("GET", f"/jobs/{job_id}", clinic_id=sync_app.clinic_id))
+    assert job["data"]["status"] == "succeeded" and job["data"]["attempts"] == 2
+    assert job["data"]["result"]["rowsImported"] == 95
+    assert {e["line"] for e in job["data"]["result"]["errors"]} == bad
+    assert offset > 0
+
+
+def test_an_import_is_cancelled_between_chunks(
+    sync_app: App, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an upload of 100 rows in chunks of about 12
+    text, _ = people_csv(100)
+    _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    job_id = uuid.UUID(accepted["data"]["jobId"])
+    from frontdesk import imports, jobs
+    from frontdesk.crypto import get_blind_index, get_cipher
+    from frontdesk.db import get_database
+    from frontdesk.outbox import default_publisher
+
+    db = get_database()
+
+    def cancel_after_second_chunk(chunks_done: int) -> None:
+        if chunks_done == 2:
+            jobs.cancel_job(db, clinic_id=sync_app.clinic_id, job_id=job_id)
+
+    # When staff cancel it while the worker runs
+    outcome = imports.run(
+        db,
+        imports.ImportPorts(get_cipher(), get_blind_index(), default_publisher()),
+        job_id=job_id,
+        clinic_id=sync_app.clinic_id,
+        chunk_bytes=1024,
+        remaining_seconds=lambda: 100.0,
+        on_chunk=cancel_after_second_chunk,
+    )
+    # Then the worker stops before the third chunk; the two committed chunks stay
+    assert outcome == "cancelled"
+    (done,) = rows(sync_app, "SELECT rows_done FROM lead_imports")[0]
+    assert 0 < done < 100
+    assert rows(sync_app, "SELECT count(*) FROM leads") == [(done,)]
+    assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("cancelled",)]
