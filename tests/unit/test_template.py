@@ -306,6 +306,9 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("POST", "/appointments", "StaffJwt"),
         ("GET", "/appointments", "StaffJwt"),
         ("PATCH", "/appointments/{id}", "StaffJwt"),
+        ("GET", "/metrics/daily", "StaffJwt"),
+        ("GET", "/metrics/summary", "StaffJwt"),
+        ("GET", "/ops/queues", "StaffJwt"),
         ("GET", "/ops/dead-letters", "StaffJwt"),
         ("POST", "/ops/dead-letters/replay", "StaffJwt"),
         ("POST", "/webhooks/{provider}/{account}", None),
@@ -464,7 +467,15 @@ def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Tem
             assert (method, path) in {(r.method, r.path) for r in stack.http_routes(function_id)}
             assert event["requestContext"]["http"]["method"] == method
         elif "Schedule" in kinds:
-            assert event["detail-type"] == "Scheduled Event"
-            assert event["source"] == "aws.events"
+            inputs = [
+                json.loads(e["Properties"]["Input"])
+                for e in function["Properties"]["Events"].values()
+                if "Input" in e.get("Properties", {})
+            ]
+            if inputs:  # a schedule with Input sends that Input, not a Scheduled Event
+                assert event in inputs
+            else:
+                assert event["detail-type"] == "Scheduled Event"
+                assert event["source"] == "aws.events"
         else:
             pytest.fail(f"{function_id}: no sample event check for {kinds}")

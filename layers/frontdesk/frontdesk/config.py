@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
     import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
 
+    # Control-tower metrics. The recent run's schedule (template.yaml, rate(5 minutes)) in
+    # seconds: the dashboard's Cache-Control max-age counts down from it.
+    metrics_refresh_seconds: int = Field(default=300, ge=1, le=86_400)
+    # One metrics run is one transaction; it may take longer than a request's statement.
+    metrics_statement_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000)
+
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
         return {

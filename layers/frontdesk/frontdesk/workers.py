@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from frontdesk import idempotency, notifications, outbox, patient_notifications, reminders
+from frontdesk import metrics as dashboard
 from frontdesk.config import get_settings
 from frontdesk.crypto import get_cipher
 from frontdesk.db import get_database
@@ -127,6 +128,23 @@ def sweep_outbox() -> dict[str, Any]:
         extra={"sent": len(result.sent), "failed": len(result.failed), "purged": purged},
     )
     return {"sent": len(result.sent), "failed": len(result.failed), "purged": purged}
+
+
+def compute_metrics(event: dict[str, Any]) -> dict[str, Any]:
+    """MetricsFunction: the recent run (every 5 minutes) or, with {"mode": "full"}, the
+    nightly re-check; then the dashboard's lag, which an alarm watches."""
+    mode: dashboard.Mode = "full" if event.get("mode") == "full" else "recent"
+    db = get_database()
+    timeout_ms = get_settings().metrics_statement_timeout_ms
+    result = dashboard.run(db, mode, statement_timeout_ms=timeout_ms)
+    lag = dashboard.lag_seconds(db)
+    if lag is not None:
+        metrics.add_metric(name="DashboardLagSeconds", unit=MetricUnit.Seconds, value=lag)
+    metrics.add_metric(
+        name="MetricsDaysComputed", unit=MetricUnit.Count, value=result.days_computed
+    )
+    logger.info("metrics computed", extra={**result.as_dict(), "lag_seconds": lag})
+    return {**result.as_dict(), "lagSeconds": lag}
 
 
 def send_reminders() -> dict[str, Any]:

@@ -11,6 +11,8 @@ from frontdesk.web import (
     routes_dead_letters,
     routes_jobs,
     routes_leads,
+    routes_metrics,
+    routes_ops,
     routes_sync,
 )
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
@@ -38,6 +40,8 @@ def create_app() -> FastAPI:
         routes_appointments,
         routes_dead_letters,
         routes_sync,
+        routes_metrics,
+        routes_ops,
     ):
         app.include_router(module.router)
     return app
