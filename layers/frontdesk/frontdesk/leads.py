@@ -314,10 +314,15 @@ def upsert_external(
            SELECT u.id, %(clinic)s, %(source)s, u.consent, u.name, u.email, u.phone, u.notes,
                   %(dek)s, %(kms_key_id)s, u.eb, u.pb, %(request_id)s, %(provider)s, u.ext,
                   u.upd,
-                  (SELECT d.id FROM leads d
-                   WHERE d.clinic_id = %(clinic)s AND d.duplicate_of IS NULL AND d.id <> u.id
-                     AND (d.email_bidx = u.eb OR d.phone_bidx = u.pb)
-                   ORDER BY d.created_at LIMIT 1)
+                  coalesce(
+                      (SELECT d.id FROM leads d
+                       WHERE d.clinic_id = %(clinic)s AND d.email_bidx = u.eb
+                         AND d.duplicate_of IS NULL AND d.id <> u.id
+                       ORDER BY d.created_at LIMIT 1),
+                      (SELECT d.id FROM leads d
+                       WHERE d.clinic_id = %(clinic)s AND d.phone_bidx = u.pb
+                         AND d.duplicate_of IS NULL AND d.id <> u.id
+                       ORDER BY d.created_at LIMIT 1))
            FROM unnest(%(id)s::uuid[], %(ext)s::text[], %(upd)s::timestamptz[],
                        %(consent)s::bool[], %(name)s::bytea[], %(email)s::bytea[],
                        %(phone)s::bytea[], %(notes)s::bytea[], %(eb)s::bytea[], %(pb)s::bytea[])
@@ -428,10 +433,16 @@ def insert_imported(
            SELECT s.id, %(clinic)s, %(source)s, s.consent, s.name_enc, s.email_enc,
                   s.phone_enc, s.notes_enc, %(dek)s, %(kms_key_id)s, s.email_bidx,
                   s.phone_bidx, %(request_id)s, %(provider)s, %(prefix)s || s.line,
-                  (SELECT d.id FROM leads d
-                   WHERE d.clinic_id = %(clinic)s AND d.duplicate_of IS NULL
-                     AND (d.email_bidx = s.email_bidx OR d.phone_bidx = s.phone_bidx)
-                   ORDER BY d.created_at LIMIT 1)
+                  -- one index probe per blind index (an OR would scan the clinic's leads)
+                  coalesce(
+                      (SELECT d.id FROM leads d
+                       WHERE d.clinic_id = %(clinic)s AND d.email_bidx = s.email_bidx
+                         AND d.duplicate_of IS NULL
+                       ORDER BY d.created_at LIMIT 1),
+                      (SELECT d.id FROM leads d
+                       WHERE d.clinic_id = %(clinic)s AND d.phone_bidx = s.phone_bidx
+                         AND d.duplicate_of IS NULL
+                       ORDER BY d.created_at LIMIT 1))
            FROM lead_import_staging s
            ON CONFLICT (clinic_id, provider, external_id) WHERE external_id IS NOT NULL
            DO NOTHING""",

@@ -57,6 +57,9 @@ class CallPolicy:
     backoff_max_seconds: float = 5.0
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 30.0
+    # Longer waits for the rate limit fail the record instead (SQS retries it later), so
+    # an invocation never sleeps towards its timeout.
+    max_wait_seconds: float = 10.0
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -90,6 +93,8 @@ class ProviderCaller:
             attempt += 1
             with transaction(self._db) as cur:
                 wait, _ = provider_accounts.reserve_calls(cur, self._account_id, 1)
+            if wait > policy.max_wait_seconds:
+                raise TransientSyncError(f"the provider account is rate limited for {wait:.0f} s")
             if wait > 0:
                 policy.sleep(wait)
             try:

@@ -134,6 +134,10 @@ def handle_sync(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.warning("sync will be retried", extra={**keys, "reason": str(exc)})
             metrics.add_metric(name="SyncRetries", unit=MetricUnit.Count, value=1)
             raise
+        except Exception:
+            # Unexpected (a bug, the database): the record fails alone and is retried.
+            logger.exception("sync failed", extra=keys)
+            raise
         if outcome == "busy":
             raise sync.TransientSyncError("another worker holds this import")
         logger.info("sync handled", extra={**keys, "kind": message.kind, "outcome": outcome})
