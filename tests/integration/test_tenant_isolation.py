@@ -1,0 +1,290 @@
+"""Tenant isolation: every route of the OpenAPI document, called with clinic A's admin token
+against clinic B's objects, answers 404/403 (or shows none of B's rows) and changes nothing
+of B's. A route added without a case here fails `test_every_route_has_a_case`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import App
+from tests.support import LambdaContext, http_event, http_response, load_handler
+
+HOURS = [{"weekday": day, "start": "08:00", "end": "18:00"} for day in range(1, 8)]
+DAY = date.today() + timedelta(days=2)
+STARTS = datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=UTC).isoformat()
+
+# Routes outside tenant data, each with why.
+PUBLIC = {
+    ("POST", "/public/leads"): "the clinic comes from its form key, not from a token",
+    ("POST", "/webhooks/{provider}/{account_id}"): "signed by the account's own secret",
+}
+# Operator routes: platform-wide by design (queues are shared by every clinic), admin only.
+ADMIN_ONLY = {
+    ("GET", "/ops/dead-letters"),
+    ("POST", "/ops/dead-letters/replay"),
+    ("GET", "/ops/queues"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """How clinic A attacks one route with clinic B's objects.
+
+    kind: "object" -> 404/403 expected; "list" -> 2xx without any of B's ids;
+    "create" -> A creates in its own clinic (the route takes no ids of other objects).
+    """
+
+    kind: str
+    path: Callable[[dict[str, str]], str]
+    body: Callable[[dict[str, str]], Any] | None = None
+    query: Callable[[dict[str, str]], str] | None = None
+    content_type: str | None = None
+
+
+CASES: dict[tuple[str, str], Case] = {
+    ("POST", "/leads"): Case(
+        "create",
+        lambda b: "/leads",
+        lambda b: {"name": "A person", "email": "a.person@example.org", "consent": True},
+    ),
+    ("GET", "/leads/{lead_id}"): Case("object", lambda b: f"/leads/{b['lead']}"),
+    ("POST", "/leads/imports"): Case(
+        "create",
+        lambda b: "/leads/imports",
+        lambda b: "name,email,phone,notes,consent\nA person,a@example.org,,,yes\n",
+        content_type="text/csv",
+    ),
+    ("GET", "/jobs/{job_id}"): Case("object", lambda b: f"/jobs/{b['job']}"),
+    ("POST", "/jobs/{job_id}/cancel"): Case("object", lambda b: f"/jobs/{b['job']}/cancel"),
+    ("POST", "/assistant/conversations"): Case(
+        "create", lambda b: "/assistant/conversations", lambda b: {"content": "How many leads?"}
+    ),
+    ("POST", "/assistant/conversations/{conversation_id}/messages"): Case(
+        "object",
+        lambda b: f"/assistant/conversations/{b['conversation']}/messages",
+        lambda b: {"content": "And today?"},
+    ),
+    ("GET", "/assistant/conversations/{conversation_id}"): Case(
+        "object", lambda b: f"/assistant/conversations/{b['conversation']}"
+    ),
+    ("GET", "/assistant/messages/{message_id}"): Case(
+        "object", lambda b: f"/assistant/messages/{b['message']}"
+    ),
+    ("POST", "/doctors"): Case(
+        "create",
+        lambda b: "/doctors",
+        lambda b: {"name": "Dr. A", "specialty": "GP", "slotMinutes": 30, "workingHours": HOURS},
+    ),
+    ("GET", "/doctors"): Case("list", lambda b: "/doctors"),
+    ("GET", "/doctors/{doctor_id}/availability"): Case(
+        "object", lambda b: f"/doctors/{b['doctor']}/availability", query=lambda b: f"date={DAY}"
+    ),
+    ("POST", "/patients"): Case(
+        "create", lambda b: "/patients", lambda b: {"name": "A patient", "email": "a@example.org"}
+    ),
+    ("GET", "/patients/{patient_id}"): Case("object", lambda b: f"/patients/{b['patient']}"),
+    ("POST", "/appointments"): Case(
+        "object",
+        lambda b: "/appointments",
+        lambda b: {"doctorId": b["doctor"], "patientId": b["patient"], "startsAt": STARTS},
+    ),
+    ("GET", "/appointments"): Case(
+        "list", lambda b: "/appointments", query=lambda b: f"doctor={b['doctor']}"
+    ),
+    ("PATCH", "/appointments/{appointment_id}"): Case(
+        "object",
+        lambda b: f"/appointments/{b['appointment']}",
+        lambda b: {"status": "cancelled"},
+    ),
+    ("GET", "/provider-accounts"): Case("list", lambda b: "/provider-accounts"),
+    ("POST", "/provider-accounts"): Case(
+        "create",
+        lambda b: "/provider-accounts",
+        lambda b: {
+            "provider": "generic",
+            "apiBaseUrl": "https://provider.example",
+            "credentials": {"apiKey": "key-of-a"},
+        },
+    ),
+    ("GET", "/provider-accounts/{account_id}"): Case(
+        "object", lambda b: f"/provider-accounts/{b['account']}"
+    ),
+    ("PUT", "/provider-accounts/{account_id}/credentials"): Case(
+        "object",
+        lambda b: f"/provider-accounts/{b['account']}/credentials",
+        lambda b: {"credentials": {"apiKey": "stolen"}},
+    ),
+    ("GET", "/metrics/daily"): Case("list", lambda b: "/metrics/daily"),
+    ("GET", "/metrics/summary"): Case("list", lambda b: "/metrics/summary"),
+}
+
+
+def spec_routes() -> set[tuple[str, str]]:
+    from frontdesk.web.app import create_app
+
+    spec = create_app().openapi()
+    return {
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def test_every_route_has_a_case() -> None:
+    # Given the routes of the real app's OpenAPI document
+    routes = spec_routes()
+    # When they are matched with the cases, the public and the admin-only routes
+    covered = set(CASES) | set(PUBLIC) | ADMIN_ONLY
+    # Then each is covered (a new route needs its case here) and no case is stale
+    assert sorted(routes - covered) == [], "add a tenant-isolation case for these routes"
+    assert sorted(covered - routes) == []
+
+
+@pytest.fixture(scope="module")
+def api() -> Any:
+    return load_handler("api")
+
+
+Caller = Callable[..., tuple[int, Any]]
+
+
+@pytest.fixture
+def call(api: Any, app: App) -> Caller:
+    def call(
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        clinic: uuid.UUID,
+        roles: str = "[staff admin]",
+        query: str = "",
+        content_type: str | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"content-type": content_type} if content_type else {}
+        event = http_event(method, path, body=body, clinic_id=clinic, query=query, headers=headers)
+        event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = roles
+        if query:
+            event["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&"))
+        status, _, answer = http_response(api.handler(event, LambdaContext()))
+        return status, answer
+
+    return call
+
+
+def clinic_dump(database_url: str, clinic_id: uuid.UUID) -> dict[str, list[str]]:
+    """Every row of the clinic in every table that has a clinic_id, as text."""
+    with psycopg.connect(database_url) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                """SELECT table_name FROM information_schema.columns
+                   WHERE table_schema = 'public' AND column_name = 'clinic_id'
+                   ORDER BY table_name"""
+            )
+        ]
+        dump = {
+            table: sorted(
+                str(row[0])
+                for row in conn.execute(
+                    f'SELECT t::text FROM "{table}" t WHERE clinic_id = %s',
+                    (clinic_id,),
+                )
+            )
+            for table in tables
+        }
+        dump["clinics"] = [
+            str(row[0])
+            for row in conn.execute("SELECT c::text FROM clinics c WHERE id = %s", (clinic_id,))
+        ]
+    return dump
+
+
+@pytest.fixture
+def objects_of_b(app: App, call: Caller, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Clinic B's lead, job, doctor, patient, appointment, conversation, message, account."""
+    b = app.other_clinic_id
+    made: dict[str, str] = {}
+
+    def create(path: str, body: Any) -> dict[str, Any]:
+        status, answer = call("POST", path, body, clinic=b)
+        assert status in (201, 202), (path, answer)
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    lead = create("/leads", {"name": "B person", "email": "b.person@example.org", "consent": True})
+    made["lead"], made["job"] = lead["id"], lead["jobId"]
+    made["doctor"] = create(
+        "/doctors", {"name": "Dr. B", "specialty": "GP", "slotMinutes": 30, "workingHours": HOURS}
+    )["id"]
+    made["patient"] = create("/patients", {"name": "B patient", "phone": "+44 20 7946 0111"})["id"]
+    made["appointment"] = create(
+        "/appointments",
+        {"doctorId": made["doctor"], "patientId": made["patient"], "startsAt": STARTS},
+    )["id"]
+    asked = create("/assistant/conversations", {"content": "How many leads this week?"})
+    made["conversation"], made["message"] = asked["conversationId"], asked["id"]
+    account = create(
+        "/provider-accounts",
+        {
+            "provider": "generic",
+            "apiBaseUrl": "https://provider-b.example",
+            "credentials": {"apiKey": "key-of-b"},
+        },
+    )
+    made["account"] = account["id"]
+    return made
+
+
+@pytest.mark.parametrize("route", sorted(CASES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_clinic_a_cannot_reach_clinic_b(
+    app: App, call: Caller, objects_of_b: dict[str, str], route: tuple[str, str]
+) -> None:
+    # Given clinic B's objects and a dump of B's rows
+    case = CASES[route]
+    before = clinic_dump(app.database_url, app.other_clinic_id)
+    # When clinic A's admin calls the route with B's ids
+    status, answer = call(
+        route[0],
+        case.path(objects_of_b),
+        case.body(objects_of_b) if case.body else None,
+        clinic=app.clinic_id,
+        query=case.query(objects_of_b) if case.query else "",
+        content_type=case.content_type,
+    )
+    # Then B's objects are not found (or not listed), and none of B's rows changed
+    if case.kind == "object":
+        assert status in (403, 404), (route, status, answer)
+    else:
+        assert 200 <= status < 300, (route, status, answer)
+        text = json.dumps(answer)
+        assert not [name for name, value in objects_of_b.items() if value in text]
+    assert clinic_dump(app.database_url, app.other_clinic_id) == before
+
+
+@pytest.mark.parametrize(
+    "route",
+    sorted(ADMIN_ONLY | {r for r in CASES if r[1].startswith("/provider-accounts")}),
+    ids=lambda r: f"{r[0]} {r[1]}",
+)
+def test_admin_routes_refuse_a_token_without_the_admin_role(
+    app: App, call: Caller, route: tuple[str, str]
+) -> None:
+    # Given a staff token of the clinic without the admin role
+    ids = {"account": str(uuid.uuid4())}
+    case = CASES.get(route)
+    path = case.path(ids) if case else route[1]
+    body = case.body(ids) if case and case.body else ({"all": True} if route[0] == "POST" else None)
+    # When it calls an admin route
+    status, answer = call(route[0], path, body, clinic=app.clinic_id, roles="[staff]")
+    # Then it is refused for its role, before anything else is looked at
+    assert status == 403, (route, answer)
+    assert "admin" in answer["detail"]
