@@ -350,6 +350,26 @@ def test_a_late_change_to_yesterday_and_to_an_older_day_is_picked_up_by_the_next
     assert other["computed_at"] < older["computed_at"]
 
 
+def test_a_provider_update_to_an_old_lead_is_picked_up_by_the_next_run(
+    app: App, fixture: Fixture
+) -> None:
+    # Given computed metrics, and an old lead whose source a provider sync then corrects
+    run("full")
+    run("recent")
+    before = fixture.row()["leads_by_source"]
+    execute(
+        app,
+        """UPDATE leads SET source = 'corrected', updated_at = now()
+           WHERE clinic_id = %(c)s AND created_at = %(at)s""",
+        {"c": app.clinic_id, "at": local(fixture.day, 15)},
+    )
+    # When the next recent run comes / Then the lead's own day shows the new source
+    run("recent")
+    after = fixture.row()["leads_by_source"]
+    assert before == {"web": 3, "google": 1}
+    assert after == {"web": 3, "corrected": 1}
+
+
 # ---------------------------------------------------------------- the routes
 
 

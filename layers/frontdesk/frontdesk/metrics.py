@@ -85,7 +85,7 @@ WITH clinic_today AS (
 changed AS (
     SELECT a.clinic_id, a.starts_at AS at FROM appointments a WHERE a.updated_at >= %(since)s
     UNION ALL
-    SELECT l.clinic_id, l.created_at FROM leads l WHERE l.created_at >= %(since)s
+    SELECT l.clinic_id, l.created_at FROM leads l WHERE l.updated_at >= %(since)s
     UNION ALL
     SELECT l.clinic_id, l.created_at FROM patients p JOIN leads l ON l.id = p.lead_id
     WHERE p.created_at >= %(since)s AND p.lead_id IS NOT NULL
@@ -135,13 +135,21 @@ WITH t AS MATERIALIZED (
     FROM unnest(%(clinic_ids)s::uuid[], %(days)s::date[]) AS t(clinic_id, day)
     JOIN clinics c ON c.id = t.clinic_id
 ),
+-- Each source table is read once per clinic over the span of its target days (an index
+-- range scan), grouped by local day, then joined to the targets on (clinic, day): one scan
+-- instead of one range probe per target day.
+span AS MATERIALIZED (
+    SELECT t.clinic_id, c.timezone, min(t.day_start) AS lo, max(t.day_end) AS hi
+    FROM t JOIN clinics c ON c.id = t.clinic_id
+    GROUP BY t.clinic_id, c.timezone
+),
 lead_sources AS (
-    SELECT t.clinic_id, t.day, l.source, count(*) AS n, count(p.id) AS converted
-    FROM t
-    JOIN leads l ON l.clinic_id = t.clinic_id
-                AND l.created_at >= t.day_start AND l.created_at < t.day_end
+    SELECT s.clinic_id, (l.created_at AT TIME ZONE s.timezone)::date AS day, l.source,
+           count(*) AS n, count(p.id) AS converted
+    FROM span s
+    JOIN leads l ON l.clinic_id = s.clinic_id AND l.created_at >= s.lo AND l.created_at < s.hi
     LEFT JOIN patients p ON p.lead_id = l.id
-    GROUP BY t.clinic_id, t.day, l.source
+    GROUP BY 1, 2, 3
 ),
 lead_days AS (
     SELECT clinic_id, day, sum(n)::int AS leads_new, sum(converted)::int AS leads_converted,
@@ -149,17 +157,17 @@ lead_days AS (
     FROM lead_sources GROUP BY clinic_id, day
 ),
 appointment_doctors AS (
-    SELECT t.clinic_id, t.day, a.doctor_id,
+    SELECT s.clinic_id, (a.starts_at AT TIME ZONE s.timezone)::date AS day, a.doctor_id,
            count(*) FILTER (WHERE a.status = 'booked') AS booked,
            count(*) FILTER (WHERE a.status = 'cancelled') AS cancelled,
            count(*) FILTER (WHERE a.status = 'completed') AS completed,
            count(*) FILTER (WHERE a.status = 'no_show') AS no_show,
            coalesce(sum(extract(epoch FROM a.ends_at - a.starts_at) / 60)
                     FILTER (WHERE a.status <> 'cancelled'), 0)::int AS booked_minutes
-    FROM t
-    JOIN appointments a ON a.clinic_id = t.clinic_id
-                       AND a.starts_at >= t.day_start AND a.starts_at < t.day_end
-    GROUP BY t.clinic_id, t.day, a.doctor_id
+    FROM span s
+    JOIN appointments a ON a.clinic_id = s.clinic_id
+                       AND a.starts_at >= s.lo AND a.starts_at < s.hi
+    GROUP BY 1, 2, 3
 ),
 working AS (
     SELECT t.clinic_id, t.day, h.doctor_id,
@@ -196,24 +204,24 @@ appointment_days AS (
     FROM doctor_days GROUP BY clinic_id, day
 ),
 assistant_days AS (
-    SELECT t.clinic_id, t.day,
+    SELECT s.clinic_id, (m.created_at AT TIME ZONE s.timezone)::date AS day,
            count(*) FILTER (WHERE m.role = 'user')::int AS questions,
            round(percentile_cont(0.5) WITHIN GROUP (
                ORDER BY extract(epoch FROM m.completed_at - m.created_at) * 1000)
                FILTER (WHERE m.role = 'assistant' AND m.status = 'done'))::int AS median_reply_ms
-    FROM t
-    JOIN messages m ON m.clinic_id = t.clinic_id
-                   AND m.created_at >= t.day_start AND m.created_at < t.day_end
-    GROUP BY t.clinic_id, t.day
+    FROM span s
+    JOIN messages m ON m.clinic_id = s.clinic_id
+                   AND m.created_at >= s.lo AND m.created_at < s.hi
+    GROUP BY 1, 2
 ),
 notification_days AS (
-    SELECT t.clinic_id, t.day,
+    SELECT s.clinic_id, (n.created_at AT TIME ZONE s.timezone)::date AS day,
            count(*) FILTER (WHERE n.status = 'sent')::int AS sent,
            count(*) FILTER (WHERE n.status = 'failed')::int AS failed
-    FROM t
-    JOIN notification_deliveries n ON n.clinic_id = t.clinic_id
-                                  AND n.created_at >= t.day_start AND n.created_at < t.day_end
-    GROUP BY t.clinic_id, t.day
+    FROM span s
+    JOIN notification_deliveries n ON n.clinic_id = s.clinic_id
+                                  AND n.created_at >= s.lo AND n.created_at < s.hi
+    GROUP BY 1, 2
 )
 SELECT t.clinic_id, t.day,
        coalesce(l.leads_new, 0) AS leads_new,
