@@ -52,7 +52,7 @@ migrate: $(VENV)/.installed
 	$(PY) -m frontdesk.migrations db/migrations
 
 ## make bench: every benchmark in bench/; results in bench/results/
-BENCHMARKS := run assistant appointments sync
+BENCHMARKS := run assistant appointments sync metrics
 bench: $(VENV)/.installed .frontdesk/run
 	set -e; for b in $(BENCHMARKS); do \
 	    if [ -f bench/$$b.py ]; then $(PY) -m bench.$$b; fi; \
