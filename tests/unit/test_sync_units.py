@@ -7,6 +7,7 @@ import pytest
 from frontdesk.errors import InvalidInput, Unauthorized
 from frontdesk.imports import check_header, parse_window
 from frontdesk.leads import check_external
+from frontdesk.provider_accounts import check_base_url
 from frontdesk.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
 
 SECRET = b"whsec_unit_test_secret"
@@ -126,3 +127,28 @@ def test_external_leads_follow_the_web_form_rules() -> None:
     assert check_external("Ada", None, "12-34", None, True) == "phone: not a phone number"
     assert check_external("", "a@b.co", None, None, True).startswith("name")
     assert check_external("Ada", "a@b.co", None, None, "perhaps").startswith("consent")
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "ok"),
+    [
+        ("https://api.provider.example/", False, True),
+        ("http://127.0.0.1:8090", True, True),
+        ("http://127.0.0.1:8090", False, False),
+        ("https://user:pw@api.provider.example/", False, False),
+        ("ftp://api.provider.example/", True, False),
+        ("https://[::1", False, False),
+        ("https://api.provider.example:99999/", False, False),
+        ("https://api.provider.example:port/", False, False),
+        ("https://äpi.example/", False, False),
+    ],
+)
+def test_provider_base_urls_are_https_without_credentials(
+    url: str, allow_http: bool, ok: bool
+) -> None:
+    # Given a base URL an admin typed / When it is checked / Then only sane ones pass
+    if ok:
+        check_base_url(url, allow_http=allow_http)
+    else:
+        with pytest.raises(InvalidInput):
+            check_base_url(url, allow_http=allow_http)

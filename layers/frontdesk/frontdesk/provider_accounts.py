@@ -34,7 +34,9 @@ Secret = Annotated[str, StringConstraints(min_length=16, max_length=256)]
 class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    apiKey: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    apiKey: Annotated[
+        str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[\x21-\x7e]+$")
+    ]
 
 
 class AccountIn(BaseModel):
@@ -69,9 +71,20 @@ class CredentialsIn(BaseModel):
 
 
 def check_base_url(url: str, *, allow_http: bool) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port  # port raises for a non-numeric one
+    except ValueError:
+        hostname, port = None, None
     schemes = ("https", "http") if allow_http else ("https",)
-    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
+    if (
+        hostname is None
+        or parts.scheme not in schemes
+        or parts.username
+        or parts.password
+        or not url.isascii()
+        or (port is not None and not 0 < port < 65536)
+    ):
         raise InvalidInput(
             "apiBaseUrl must be an https:// URL without credentials"
             + (" (or http:// locally)" if allow_http else "")

@@ -162,7 +162,8 @@ def run_fetch(
             jobs.finish(cur, job_id, status="failed", error="the provider account is gone")
         return "failed"
     items: list[dict[str, str]] = payload["items"]
-    counts = {"created": 0, "updated": 0, "unchanged": 0, "gone": 0, "bookingsSkipped": 0}
+    counts = dict.fromkeys(("created", "updated", "unchanged", "gone", "invalid"), 0)
+    counts["bookingsSkipped"] = 0
     caller = ProviderCaller(db, account_id, policy)
     caller.admit()
     adapter = _adapter(account, policy)
@@ -184,7 +185,11 @@ def run_fetch(
                     provider_accounts.record_error(cur, account_id, str(exc))
                     jobs.finish(cur, job_id, status="failed", error=str(exc))
                 return "failed"
-            fetched.append(_external(lead))
+            external = _external(lead)
+            if external is None:
+                counts["invalid"] += 1  # the provider's data breaks our rules: skip it
+                continue
+            fetched.append(external)
         with transaction(db) as cur:
             outcome, outbox_ids = leads.upsert_external(
                 cur,
@@ -211,10 +216,11 @@ def run_fetch(
     return "succeeded"
 
 
-def _external(lead: ProviderLead) -> leads.ExternalLead:
+def _external(lead: ProviderLead) -> leads.ExternalLead | None:
     checked = leads.check_external(lead.name, lead.email, lead.phone, lead.notes, lead.consent)
     if isinstance(checked, str):
-        raise ProviderRejected(f"the provider's lead {lead.external_id} is invalid ({checked})")
+        logger.warning("provider lead skipped", extra={"reason": checked})
+        return None
     name, email, phone, notes, consent = checked
     return leads.ExternalLead(lead.external_id, name, email, phone, notes, consent, lead.updated_at)
 
