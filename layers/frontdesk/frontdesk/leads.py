@@ -116,10 +116,16 @@ def _insert_lead(
            VALUES (%(id)s, %(clinic_id)s, %(source)s, %(consent)s, %(name)s, %(email)s,
                    %(phone)s, %(notes)s, %(dek)s, %(kms_key_id)s, %(email_bidx)s,
                    %(phone_bidx)s, %(request_id)s,
-                   (SELECT id FROM leads
-                    WHERE clinic_id = %(clinic_id)s AND duplicate_of IS NULL
-                      AND (email_bidx = %(email_bidx)s OR phone_bidx = %(phone_bidx)s)
-                    ORDER BY created_at LIMIT 1))
+                   -- one index probe per blind index (an OR would walk the clinic's leads)
+                   coalesce(
+                       (SELECT id FROM leads
+                        WHERE clinic_id = %(clinic_id)s AND duplicate_of IS NULL
+                          AND email_bidx = %(email_bidx)s
+                        ORDER BY created_at LIMIT 1),
+                       (SELECT id FROM leads
+                        WHERE clinic_id = %(clinic_id)s AND duplicate_of IS NULL
+                          AND phone_bidx = %(phone_bidx)s
+                        ORDER BY created_at LIMIT 1)))
            RETURNING duplicate_of""",
         {
             "id": lead_id,
