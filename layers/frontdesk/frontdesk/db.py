@@ -27,7 +27,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from frontdesk.errors import ServiceUnavailable
+from frontdesk.errors import InvalidInput, ServiceUnavailable
 
 Connection = psycopg.Connection[DictRow]
 Cursor = psycopg.Cursor[DictRow]
@@ -68,6 +68,12 @@ def conninfo_from_secret(secret: str) -> str:
     port = fields.get("port", 5432)
     dbname = fields.get("dbname", "postgres")
     return f"postgresql://{user}:{password}@{fields['host']}:{port}/{dbname}"
+
+
+def _refused(exc: psycopg.DataError) -> InvalidInput:
+    """A value the database cannot store (a NUL character, a number or date out of range):
+    the caller's input, so a 422. The driver's message may quote the value; keep it out."""
+    return InvalidInput(f"a value cannot be stored ({type(exc).__name__})")
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
@@ -119,6 +125,8 @@ class SingleConnectionDatabase:
         conn = self._usable()
         try:
             yield conn
+        except psycopg.DataError as exc:
+            raise _refused(exc) from exc
         except psycopg.OperationalError as exc:
             # Lost connection, statement or lock timeout, too many connections: all pass.
             if conn.broken or conn.closed:
@@ -165,6 +173,8 @@ class PooledDatabase:
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 yield conn
+        except psycopg.DataError as exc:
+            raise _refused(exc) from exc
         except PoolTimeout as exc:
             raise _unavailable(exc) from exc
         except psycopg.OperationalError as exc:

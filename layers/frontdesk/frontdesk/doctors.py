@@ -27,6 +27,8 @@ class WorkingHours(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> WorkingHours:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("working hours are the clinic's local times, without a UTC offset")
         if self.end <= self.start:
             raise ValueError("end must be after start")
         return self

@@ -1,0 +1,170 @@
+"""Bad input, generated: schemathesis walks the API's OpenAPI document in process (ASGI),
+with an admin token and with none. No answer may be a 5xx or break its own documented
+schema. Then the refusals every body route promises: 413 over the size limit, 415 for
+a media type it does not take, 422 naming an unknown field where the schema forbids them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from tests.integration.conftest import FORM_KEY, App
+
+SECRET = "fuzz-local-jwt-secret-0123456789abcdef"
+# Bounded so the whole walk stays well under a minute on 2 cores.
+EXAMPLES_WITH_TOKEN = 8
+EXAMPLES_WITHOUT_TOKEN = 3
+CHECKS = [not_a_server_error, response_schema_conformance]
+
+
+@pytest.fixture
+def asgi_app(app: App, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from frontdesk import config
+    from frontdesk.web.app import create_app
+
+    monkeypatch.setenv("LOCAL_JWT_SECRET", SECRET)
+    config.get_settings.cache_clear()
+    return create_app()
+
+
+@pytest.fixture
+def api_schema(asgi_app: Any) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", asgi_app)
+
+
+def admin_token(clinic_id: Any) -> str:
+    import jwt
+
+    now = datetime.now(UTC)
+    claims = {
+        "sub": "fuzz",
+        "clinic_id": str(clinic_id),
+        "roles": ["staff", "admin"],
+        "iss": "https://auth.frontdesk.local/",
+        "aud": "frontdesk-api",
+        "iat": now,
+        "exp": now + timedelta(hours=1),
+    }
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def walk(api_schema: Any, examples: int, mode: str, headers: dict[str, str]) -> dict[str, int]:
+    """Every operation of the document, `examples` generated cases each (positive and
+    negative data), each answer checked. Returns the number of cases and of 5xx answers."""
+    from schemathesis import GenerationMode
+
+    counts = {"cases": 0, "5xx": 0}
+    modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        for generation_mode in modes:
+
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=operation.as_strategy(generation_mode=generation_mode))
+            def check(case: Any) -> None:
+                case.headers = {
+                    key: value
+                    for key, value in {**(case.headers or {}), **headers}.items()
+                    if not (mode == "none" and key.lower() == "authorization")
+                }
+                counts["cases"] += 1
+                response = case.call()
+                if response.status_code >= 500:
+                    counts["5xx"] += 1
+                case.validate_response(response, checks=CHECKS)
+
+            check()
+    return counts
+
+
+def test_with_an_admin_token_nothing_is_a_5xx_or_breaks_its_schema(
+    api_schema: Any, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an admin token of a clinic with a form key
+    headers = {"Authorization": f"Bearer {admin_token(app.clinic_id)}", "X-Form-Key": FORM_KEY}
+    # When every operation gets generated valid and invalid requests
+    counts = walk(api_schema, EXAMPLES_WITH_TOKEN, "token", headers)
+    # Then no answer was a 5xx or broke its documented schema (validate_response raised none)
+    assert counts["5xx"] == 0 and counts["cases"] > 0
+    with capsys.disabled():
+        print(f"\nschemathesis with token: {counts}")
+
+
+def test_without_a_token_nothing_is_a_5xx_or_breaks_its_schema(
+    api_schema: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counts = walk(api_schema, EXAMPLES_WITHOUT_TOKEN, "none", {})
+    assert counts["5xx"] == 0 and counts["cases"] > 0
+    with capsys.disabled():
+        print(f"\nschemathesis without token: {counts}")
+
+
+# ---------------------------------------------------------------- the promised refusals
+
+
+def body_routes(spec: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+    """(method, path with dummy ids, media type, JSON schema) of every route with a body."""
+    routes = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media_type, body in content.items():
+                concrete = path
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "path":
+                        concrete = concrete.replace(
+                            "{" + parameter["name"] + "}", "00000000-0000-4000-8000-000000000001"
+                        )
+                ref = body.get("schema", {}).get("$ref", "")
+                resolved = spec["components"]["schemas"].get(ref.rsplit("/", 1)[-1])
+                routes.append((method.upper(), concrete, media_type, resolved))
+    return routes
+
+
+def test_every_body_route_refuses_oversized_bodies_wrong_media_types_and_unknown_fields(
+    asgi_app: Any, app: App
+) -> None:
+    from starlette.testclient import TestClient
+
+    client = TestClient(asgi_app, raise_server_exceptions=False)
+    token = {"Authorization": f"Bearer {admin_token(app.clinic_id)}", "X-Form-Key": FORM_KEY}
+    routes = body_routes(asgi_app.openapi())
+    assert len(routes) >= 10
+    problems = []
+    for method, path, media_type, body_schema in routes:
+        # Given a body far over the limit (64 KiB; the CSV upload has its own, larger one)
+        if media_type == "application/json":
+            big = json.dumps({"name": "x" * (70 * 1024)})
+            answer = client.request(
+                method, path, content=big, headers={**token, "Content-Type": media_type}
+            )
+            if answer.status_code != 413:
+                problems.append(f"{method} {path} oversized: {answer.status_code}")
+        # Given a media type the route does not take
+        wrong = "text/plain" if media_type != "text/plain" else "application/xml"
+        answer = client.request(
+            method, path, content=b"name=x", headers={**token, "Content-Type": wrong}
+        )
+        if answer.status_code != 415:
+            problems.append(f"{method} {path} {wrong}: {answer.status_code}")
+        # Given a field the schema forbids (additionalProperties: false)
+        if body_schema and body_schema.get("additionalProperties") is False:
+            answer = client.request(method, path, json={"zzUnknownField": 1}, headers=token)
+            named = "zzUnknownField" in answer.text
+            if answer.status_code != 422 or not named:
+                problems.append(f"{method} {path} unknown field: {answer.status_code}")
+    # Then each refusal is the promised one
+    assert problems == []
