@@ -26,13 +26,13 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 dev: $(VENV)/.installed .frontdesk/run
 	$(PY) -m local.dev
 
-## make test: unit, integration and e2e tests
+## make test: unit, integration, e2e and fault tests
 test: $(VENV)/.installed .frontdesk/run
 	$(PY) -m pytest
 
 ## make test-db: only the tests that touch PostgreSQL (CI runs them against DATABASE_URL too)
 test-db: $(VENV)/.installed .frontdesk/run
-	$(PY) -m pytest tests/integration tests/e2e
+	$(PY) -m pytest tests/integration tests/e2e tests/faults
 
 ## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
 lint: $(VENV)/.installed $(SAM_VENV)/.installed
