@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from frontdesk import breaker, jobs, outbox
 from frontdesk.clients.llm import (
@@ -36,8 +36,9 @@ from frontdesk.clients.llm import (
     TransientModelError,
 )
 from frontdesk.db import Cursor, Database, transaction
-from frontdesk.errors import NotFound, PermanentMessageError, TooManyRequests
+from frontdesk.errors import NotFound, TooManyRequests
 from frontdesk.idempotency import IdempotencyRequest, Outcome, run_once
+from frontdesk.messages import parse_message
 
 REPLY_JOB = "assistant.reply"
 QUEUE = "llm"
@@ -318,14 +319,7 @@ class ReplyJobMessage(BaseModel):
 
     @classmethod
     def parse(cls, body: str) -> ReplyJobMessage:
-        try:
-            return cls.model_validate_json(body)
-        except ValidationError as exc:
-            reasons = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
-                for err in exc.errors()
-            )
-            raise PermanentMessageError(f"malformed llm message ({reasons})") from None
+        return parse_message(cls, body, "llm")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from frontdesk import jobs
 from frontdesk.db import Cursor, Database, transaction
-from frontdesk.errors import PermanentMessageError
+from frontdesk.messages import parse_message
 
 _CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
 SES_BULK_LIMIT = 50  # destinations per SendBulkTemplatedEmail call
@@ -39,15 +39,7 @@ class NotifyMessage(BaseModel):
 
     @classmethod
     def parse(cls, body: str) -> NotifyMessage:
-        try:
-            return cls.model_validate_json(body)
-        except ValidationError as exc:
-            # The reason names fields and error types, never the values.
-            reasons = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
-                for err in exc.errors()
-            )
-            raise PermanentMessageError(f"malformed notify message ({reasons})") from None
+        return parse_message(cls, body, "notify")
 
 
 class TransientDeliveryError(Exception):

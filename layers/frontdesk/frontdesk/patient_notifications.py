@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from frontdesk.crypto import EnvelopeCipher, normalise_phone
 from frontdesk.db import Cursor, Database, transaction
 from frontdesk.errors import FrontdeskError, PermanentMessageError
+from frontdesk.messages import validation_reasons
 from frontdesk.notifications import (
     Email,
     Mailer,
@@ -128,10 +129,7 @@ def parse_message(body: str) -> Message:
 def _reasons(exc: ValueError) -> str:
     # Field names and error types, never the values.
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
-            for err in exc.errors()
-        )
+        return validation_reasons(exc)
     return "not JSON"
 
 

@@ -18,13 +18,14 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from frontdesk import imports, jobs, sync
 from frontdesk.config import Settings, get_settings
 from frontdesk.crypto import get_blind_index, get_cipher
 from frontdesk.db import get_database, transaction
 from frontdesk.errors import PermanentMessageError
+from frontdesk.messages import parse_message
 from frontdesk.observability import logger, metrics
 from frontdesk.outbox import default_publisher
 from frontdesk.webhooks import SYNC_FETCH_JOB
@@ -45,14 +46,7 @@ class SyncMessage(BaseModel):
 
     @classmethod
     def parse(cls, body: str) -> SyncMessage:
-        try:
-            return cls.model_validate_json(body)
-        except ValidationError as exc:
-            reasons = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
-                for err in exc.errors()
-            )
-            raise PermanentMessageError(f"malformed sync message ({reasons})") from None
+        return parse_message(cls, body, "sync")
 
 
 @cache
