@@ -3,8 +3,9 @@
     python -m local.dead_letters list [--queue notifications]
     python -m local.dead_letters replay [--queue notifications] (--all | MESSAGE_ID ...)
 
-Reads the API URL and the admin token of `make dev` from .frontdesk/dev.json. Listing
-consumes nothing; replaying twice is harmless (the consumers are idempotent).
+Reads the API URL and the demo token of `make dev` (it has the operator role) from
+.frontdesk/dev.json. Listing consumes nothing; replaying twice is harmless (the consumers
+are idempotent).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ Call = Callable[[str, str, Any], tuple[int, Any]]
 
 
 def http_caller(dev_json: Path) -> Call:
-    """Calls the running local API as the dev runtime's admin."""
+    """Calls the running local API as the dev runtime's demo operator."""
     info = json.loads(dev_json.read_text())
     api, token = info["apiUrl"], info["staffToken"]
 

@@ -189,7 +189,7 @@ class DevRuntime:
             {
                 "sub": "demo-staff",
                 "clinic_id": str(DEMO_CLINIC_ID),
-                "roles": ["staff", "admin"],
+                "roles": ["staff", "admin", "operator"],
                 "iss": authorizer.issuer,
                 "aud": authorizer.audiences[0],
                 "iat": now,

@@ -46,7 +46,7 @@ def admin_token(clinic_id: Any) -> str:
     claims = {
         "sub": "fuzz",
         "clinic_id": str(clinic_id),
-        "roles": ["staff", "admin"],
+        "roles": ["staff", "admin", "operator"],
         "iss": "https://auth.frontdesk.local/",
         "aud": "frontdesk-api",
         "iat": now,

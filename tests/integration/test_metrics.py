@@ -1,6 +1,6 @@
 """Control-tower metrics against real PostgreSQL and moto: exact numbers on a hand-built
 fixture, re-runs that change nothing, runs at once, late changes, clinic isolation, the
-dashboard routes' freshness and cache headers, and queue health for admins."""
+dashboard routes' freshness and cache headers, and queue health for operators."""
 
 from __future__ import annotations
 
@@ -479,7 +479,7 @@ def test_metrics_function_runs_the_mode_of_its_schedule_and_emits_the_lag(
     assert 0 <= lags[0]["DashboardLagSeconds"][0] < 60
 
 
-def test_queue_health_for_admins_only(app: App, api: Any) -> None:
+def test_queue_health_for_operators_only(app: App, api: Any) -> None:
     # Given two messages on the notifications queue, one of them received (in flight), and
     # one message on its DLQ
     sqs = app.sqs()
@@ -488,11 +488,12 @@ def test_queue_health_for_admins_only(app: App, api: Any) -> None:
     sqs.send_message(QueueUrl=queue, MessageBody="{}")
     sqs.send_message(QueueUrl=dlq, MessageBody="{}")
     sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=1, VisibilityTimeout=300)
-    # When staff without the admin role ask / Then 403
-    status, _, body = get(api, "/ops/queues", app.clinic_id)
-    assert status == 403, body
-    # When an admin asks
-    status, headers, body = get(api, "/ops/queues", app.clinic_id, roles="[staff admin]")
+    # When staff, or a clinic's admin, ask / Then 403: queues are every clinic's
+    for roles in ("[staff]", "[staff admin]"):
+        status, _, body = get(api, "/ops/queues", app.clinic_id, roles=roles)
+        assert status == 403, body
+    # When an operator asks
+    status, headers, body = get(api, "/ops/queues", app.clinic_id, roles="[staff operator]")
     # Then every configured queue is listed with its depth, in-flight count and DLQ depth
     assert status == 200, body
     queues = {q["name"]: q for q in body["data"]["queues"]}

@@ -95,12 +95,24 @@ Staff = Annotated[Principal, Depends(staff)]
 ADMIN_ROLE = "admin"
 
 
+OPERATOR_ROLE = "operator"
+
+
 def admin(principal: Staff) -> Principal:
-    """Staff holding the admin role (operations: dead letters, queues, provider accounts)."""
+    """Staff holding their clinic's admin role (provider accounts)."""
     if ADMIN_ROLE not in principal.roles:
         raise Forbidden("this route needs the admin role")
     return principal
 
 
+def operator(principal: Staff) -> Principal:
+    """The platform's operators: queues and dead letters are shared by every clinic, so a
+    clinic's admin role is not enough to see or replay them."""
+    if OPERATOR_ROLE not in principal.roles:
+        raise Forbidden("this route needs the operator role (a clinic admin is not an operator)")
+    return principal
+
+
 Admin = Annotated[Principal, Depends(admin)]
+Operator = Annotated[Principal, Depends(operator)]
 FormClinic = Annotated[UUID, Depends(form_clinic)]

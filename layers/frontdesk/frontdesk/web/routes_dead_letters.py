@@ -1,4 +1,4 @@
-"""Operations: dead-lettered messages, listed with their reason and replayed (admin only)."""
+"""Operations: dead-lettered messages, listed with their reason and replayed (operators)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from frontdesk import dead_letters
 from frontdesk.clients.aws import client
 from frontdesk.config import get_settings
 from frontdesk.db import get_database
-from frontdesk.web.auth import Admin
+from frontdesk.web.auth import Operator
 from frontdesk.web.http import ERROR_RESPONSES, Envelope, envelope
 
 router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
@@ -64,11 +64,11 @@ def _queues(name: str | None) -> list[dead_letters.DeadLetterQueue]:
 @router.get(
     "/ops/dead-letters",
     response_model=Envelope[list[DeadLetter]],
-    summary="List dead-lettered messages with their reason, without consuming them (admin)",
+    summary="List dead-lettered messages with their reason, without consuming them (operators)",
 )
 def list_dead_letters(
     request: Request,
-    admin: Admin,
+    operator: Operator,
     queue: Annotated[
         str | None,
         Query(max_length=64, description="The source queue's name (notifications, llm, sync)"),
@@ -88,9 +88,9 @@ def list_dead_letters(
 @router.post(
     "/ops/dead-letters/replay",
     response_model=Envelope[ReplayOutcome],
-    summary="Replay dead-lettered messages to their source queue; safe to repeat (admin)",
+    summary="Replay dead-lettered messages to their source queue; safe to repeat (operators)",
 )
-def replay_dead_letters(request: Request, admin: Admin, body: ReplayRequest) -> JSONResponse:
+def replay_dead_letters(request: Request, operator: Operator, body: ReplayRequest) -> JSONResponse:
     result = dead_letters.replay(
         get_database(), client("sqs"), _queues(body.queue), body.messageIds
     )

@@ -1,4 +1,4 @@
-"""Operator routes (staff admins only): queue health."""
+"""Operator routes (platform operators only): queue health."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from frontdesk.clients.aws import client
 from frontdesk.config import get_settings
 from frontdesk.queue_health import queue_health
-from frontdesk.web.auth import Admin
+from frontdesk.web.auth import Operator
 from frontdesk.web.http import ERROR_RESPONSES, Envelope, envelope
 
 router = APIRouter(tags=["ops"], responses=ERROR_RESPONSES)
@@ -35,9 +35,9 @@ class Queues(BaseModel):
 @router.get(
     "/ops/queues",
     response_model=Envelope[Queues],
-    summary="Each queue's depth, in-flight count and DLQ depth (admins)",
+    summary="Each queue's depth, in-flight count and DLQ depth (operators)",
 )
-def read_queues(request: Request, admin: Admin) -> JSONResponse:
+def read_queues(request: Request, operator: Operator) -> JSONResponse:
     # The queues and DLQs template.yaml passes in (*_QUEUE_URL, *_DLQ_URL), none hard-coded.
     settings = get_settings()
     dead_letters = settings.dead_letter_queues()

@@ -18,9 +18,9 @@ from frontdesk import imports, provider_accounts, webhooks
 from frontdesk.config import Settings, get_settings
 from frontdesk.crypto import get_cipher
 from frontdesk.db import get_database
-from frontdesk.errors import Forbidden, InvalidInput
+from frontdesk.errors import InvalidInput
 from frontdesk.outbox import Publisher, default_publisher
-from frontdesk.web.auth import Principal, Staff
+from frontdesk.web.auth import Staff, admin
 from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope, envelope
 
 router = APIRouter(tags=["sync"], responses=ERROR_RESPONSES)
@@ -50,12 +50,6 @@ def body_rules(settings: Settings) -> tuple[BodyRule, ...]:
 @cache
 def publisher() -> Publisher:
     return default_publisher()
-
-
-def _admin(staff: Principal) -> Principal:
-    if "admin" not in staff.roles:
-        raise Forbidden("managing provider accounts needs the admin role")
-    return staff
 
 
 class WebhookAccepted(BaseModel):
@@ -198,7 +192,7 @@ class Account(BaseModel):
 def create_provider_account(
     request: Request, staff: Staff, account: provider_accounts.AccountIn
 ) -> JSONResponse:
-    _admin(staff)
+    admin(staff)
     settings = get_settings()
     saved = provider_accounts.create_account(
         get_database(),
@@ -229,7 +223,7 @@ def create_provider_account(
 def replace_provider_credentials(
     request: Request, staff: Staff, account_id: UUID, update: provider_accounts.CredentialsIn
 ) -> JSONResponse:
-    _admin(staff)
+    admin(staff)
     saved = provider_accounts.replace_credentials(
         get_database(),
         get_cipher(),
@@ -256,7 +250,7 @@ def replace_provider_credentials(
     summary="The clinic's provider accounts, without secrets (admin)",
 )
 def list_provider_accounts(request: Request, staff: Staff) -> JSONResponse:
-    _admin(staff)
+    admin(staff)
     accounts: list[dict[str, Any]] = provider_accounts.list_accounts(
         get_database(), clinic_id=staff.clinic_id
     )
@@ -275,7 +269,7 @@ def list_provider_accounts(request: Request, staff: Staff) -> JSONResponse:
     summary="A provider account's status, last error and cursor, without secrets (admin)",
 )
 def read_provider_account(request: Request, staff: Staff, account_id: UUID) -> JSONResponse:
-    _admin(staff)
+    admin(staff)
     account = provider_accounts.get_account(
         get_database(), clinic_id=staff.clinic_id, account_id=account_id
     )
