@@ -9,6 +9,8 @@ told to rate-limit (429 + Retry-After), fail (5xx) or be slow, from Python or ov
     POST /_control/slow       {"seconds": 0.5}
     POST /_control/reset      {}
     POST /_control/leads      {"name": ..., "email": ...}   -> the change it made
+    POST /_control/bookings   {"doctor_id": ..., "starts_at": ..., "ends_at": ..., "name": ...,
+                               "email": ..., "booking_id": ..., "status": ...} -> the change
 
     python -m local.fake_provider [--port 8090]     (make dev starts one and prints its URL)
 """
@@ -35,6 +37,7 @@ class FakeProvider:
     def __init__(self, api_key: str = DEFAULT_API_KEY, port: int = 0) -> None:
         self.api_key = api_key
         self.leads: dict[str, dict[str, Any]] = {}
+        self.bookings: dict[str, dict[str, Any]] = {}
         self.changes: list[dict[str, Any]] = []
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -92,6 +95,7 @@ class FakeProvider:
             self._rate_limited = self._failing = 0
             self._delay = 0.0
             self.leads.clear()
+            self.bookings.clear()
             self.changes.clear()
             self.requests.clear()
 
@@ -126,6 +130,42 @@ class FakeProvider:
                 "type": "lead.created" if created else "lead.updated",
                 "resource": "lead",
                 "resourceId": lead_id,
+                "occurredAt": now,
+            }
+            self.changes.append(change)
+        return change
+
+    def add_booking(
+        self,
+        doctor_id: str,
+        starts_at: str,
+        ends_at: str,
+        name: str,
+        email: str | None = None,
+        phone: str | None = None,
+        *,
+        booking_id: str | None = None,
+        status: str = "booked",
+    ) -> dict[str, Any]:
+        """Create or change a booking (times ISO 8601 with offset); returns the change."""
+        booking_id = booking_id or f"B-{uuid.uuid4().hex[:12]}"
+        now = datetime.now(UTC).isoformat()
+        with self._lock:
+            created = booking_id not in self.bookings
+            self.bookings[booking_id] = {
+                "id": booking_id,
+                "doctorId": doctor_id,
+                "startsAt": starts_at,
+                "endsAt": ends_at,
+                "status": status,
+                "patient": {"name": name, "email": email, "phone": phone},
+                "updatedAt": now,
+            }
+            change = {
+                "id": f"chg_{uuid.uuid4().hex}",
+                "type": "booking.created" if created else f"booking.{status}",
+                "resource": "booking",
+                "resourceId": booking_id,
                 "occurredAt": now,
             }
             self.changes.append(change)
@@ -188,7 +228,9 @@ class FakeProvider:
                 lead = self.leads.get(parts.path.removeprefix("/v1/leads/"))
             return (200, lead, {}) if lead else (404, {"error": "no such lead"}, {})
         if parts.path.startswith("/v1/bookings/"):
-            return 404, {"error": "no such booking"}, {}
+            with self._lock:
+                booking = self.bookings.get(parts.path.removeprefix("/v1/bookings/"))
+            return (200, booking, {}) if booking else (404, {"error": "no such booking"}, {})
         return 404, {"error": "no such route"}, {}
 
     def _control(self, action: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
@@ -203,6 +245,8 @@ class FakeProvider:
             self.reset()
         elif action == "leads":
             return 201, self.add_lead(**data), {}
+        elif action == "bookings":
+            return 201, self.add_booking(**data), {}
         else:
             return 404, {"error": "unknown control"}, {}
         return 200, {"ok": True}, {}

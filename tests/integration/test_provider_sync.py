@@ -530,3 +530,250 @@ def test_an_import_is_cancelled_between_chunks(
     assert 0 < done < 100
     assert rows(sync_app, "SELECT count(*) FROM leads") == [(done,)]
     assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("cancelled",)]
+
+
+# ---------------------------------------------------------------- provider bookings
+
+
+def mapped_doctor(app: App, api: Any, external_id: str, name: str = "Dr. Provider") -> str:
+    """A doctor of the clinic mapped to the provider's doctor id (set in the database: the
+    doctors API does not take provider ids yet)."""
+    body = {
+        "name": name,
+        "slotMinutes": 30,
+        "workingHours": [{"weekday": 1, "start": "09:00", "end": "17:00"}],
+    }
+    status, _, created = call(
+        api, http_event("POST", "/doctors", body=body, clinic_id=app.clinic_id)
+    )
+    assert status == 201, created
+    doctor_id: str = created["data"]["id"]
+    with psycopg.connect(app.database_url) as conn:
+        conn.execute(
+            "UPDATE doctors SET provider = 'generic', external_id = %s WHERE id = %s",
+            (external_id, doctor_id),
+        )
+    return doctor_id
+
+
+def booking_events(app: App) -> list[tuple[Any, ...]]:
+    return rows(
+        app,
+        """SELECT payload->>'detailType', payload->'detail'->>'appointmentId',
+                  payload->'detail'->>'startsAt', payload->'detail'->>'previousStartsAt'
+           FROM outbox WHERE payload->>'detailType' LIKE 'appointment.%%' ORDER BY id""",
+    )
+
+
+def sync_booking(app: App, api: Any, worker: Any, account: str, change: dict[str, Any]) -> Any:
+    """Deliver the change by webhook, run SyncWorker, return the job's result."""
+    status, _, accepted = webhook(api, account, *FakeProvider.webhook(change, SECRET))
+    assert status == 202, accepted
+    assert drain(app, worker) == 1
+    _, _, job = call(
+        api, http_event("GET", f"/jobs/{accepted['data']['jobId']}", clinic_id=app.clinic_id)
+    )
+    assert job["data"]["status"] == "succeeded", job
+    return job["data"]["result"]
+
+
+MONDAY = "2030-01-07"
+
+
+def test_a_provider_booking_is_upserted_once_then_rescheduled_and_cancelled(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given a connected account and a doctor mapped to the provider's doctor "D-1"
+    account = connect(sync_app, api, worker, fake)
+    doctor = mapped_doctor(sync_app, api, "D-1")
+    # When a booking arrives by webhook
+    change = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T09:00:00+00:00",
+        f"{MONDAY}T09:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    result = sync_booking(sync_app, api, worker, account, change)
+    # Then it is one booked appointment of that doctor, with a new (encrypted) patient
+    assert result["bookings"] == {"created": 1, "updated": 0, "unchanged": 0, "skipped": 0}
+    appointment = rows(
+        sync_app,
+        """SELECT id, doctor_id::text, patient_id, starts_at, status, source FROM appointments
+           WHERE provider = 'generic' AND external_id = 'B-1'""",
+    )
+    assert len(appointment) == 1
+    appointment_id, doctor_id, patient_id, _, status, source = appointment[0]
+    assert (doctor_id, status, source) == (doctor, "booked", "generic")
+    (stored,) = rows(sync_app, "SELECT patients::text FROM patients WHERE id = %s", patient_id)[0]
+    assert "ada@example.org" not in stored and "Ada" not in stored
+    _, _, listed = call(
+        api,
+        http_event(
+            "GET",
+            "/appointments",
+            clinic_id=sync_app.clinic_id,
+            query=f"from={MONDAY}T00:00:00Z&to={MONDAY}T23:00:00Z",
+        ),
+    )
+    assert [a["patientName"] for a in listed["data"]] == ["Ada Lovelace"]
+    assert booking_events(sync_app) == [
+        ("appointment.booked", str(appointment_id), f"{MONDAY}T09:00:00Z", None)
+    ]
+    # When the same booking is delivered again, unchanged (a new delivery id: a provider
+    # redelivery, or the poller) and the job message is redelivered by SQS
+    again = {**change, "id": "chg_redelivered"}
+    result = sync_booking(sync_app, api, worker, account, again)
+    # Then nothing changes and no event is written
+    assert result["bookings"] == {"created": 0, "updated": 0, "unchanged": 1, "skipped": 0}
+    assert rows(sync_app, "SELECT count(*) FROM appointments") == [(1,)]
+    assert rows(sync_app, "SELECT count(*) FROM patients") == [(1,)]
+    assert len(booking_events(sync_app)) == 1
+    # When the provider moves it (a newer updatedAt)
+    moved = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T11:00:00+00:00",
+        f"{MONDAY}T11:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    result = sync_booking(sync_app, api, worker, account, moved)
+    # Then the same appointment is rescheduled, with its event
+    assert result["bookings"]["updated"] == 1
+    assert rows(sync_app, "SELECT id, starts_at::text, status FROM appointments") == [
+        (appointment_id, f"{MONDAY} 11:00:00+00", "booked")
+    ]
+    assert booking_events(sync_app)[-1] == (
+        "appointment.rescheduled",
+        str(appointment_id),
+        f"{MONDAY}T11:00:00Z",
+        f"{MONDAY}T09:00:00Z",
+    )
+    # When an older version arrives late
+    with fake._lock:
+        fake.bookings["B-1"] = {
+            **fake.bookings["B-1"],
+            "startsAt": f"{MONDAY}T13:00:00+00:00",
+            "endsAt": f"{MONDAY}T13:30:00+00:00",
+            "updatedAt": "2020-01-01T00:00:00+00:00",
+        }
+    result = sync_booking(sync_app, api, worker, account, {**moved, "id": "chg_stale"})
+    # Then it changes nothing
+    assert result["bookings"]["unchanged"] == 1 and len(booking_events(sync_app)) == 2
+    # When it is cancelled at the provider
+    cancelled = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T11:00:00+00:00",
+        f"{MONDAY}T11:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+        status="cancelled",
+    )
+    result = sync_booking(sync_app, api, worker, account, cancelled)
+    # Then the appointment is cancelled (its slot freed) and appointment.cancelled written
+    assert result["bookings"]["updated"] == 1
+    assert rows(sync_app, "SELECT status, cancelled_at IS NOT NULL FROM appointments") == [
+        ("cancelled", True)
+    ]
+    assert [e[0] for e in booking_events(sync_app)] == [
+        "appointment.booked",
+        "appointment.rescheduled",
+        "appointment.cancelled",
+    ]
+    # And a second booking by the same person (same email) reuses the patient
+    second = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T11:00:00+00:00",
+        f"{MONDAY}T11:30:00+00:00",
+        "Ada L.",
+        "ADA@example.org",
+        booking_id="B-2",
+    )
+    result = sync_booking(sync_app, api, worker, account, second)
+    assert result["bookings"]["created"] == 1
+    assert rows(sync_app, "SELECT count(DISTINCT patient_id), count(*) FROM appointments") == [
+        (1, 2)
+    ]
+
+
+def test_provider_bookings_for_unknown_doctors_or_taken_slots_are_skipped_with_a_reason(
+    sync_app: App, api: Any, worker: Any, poller: Any, fake: FakeProvider
+) -> None:
+    # Given a mapped doctor with a booking from the provider at 09:00
+    account = connect(sync_app, api, worker, fake)
+    mapped_doctor(sync_app, api, "D-1")
+    first = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T09:00:00+00:00",
+        f"{MONDAY}T09:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    assert sync_booking(sync_app, api, worker, account, first)["bookings"]["created"] == 1
+    # When bookings arrive for a doctor we do not know, and for the doctor at 09:15
+    # (overlapping 09:00-09:30), in one job with a good one at 10:00
+    unknown = fake.add_booking(
+        "D-404",
+        f"{MONDAY}T09:00:00+00:00",
+        f"{MONDAY}T09:30:00+00:00",
+        "Grace Hopper",
+        phone="+1 555 0100 123",
+        booking_id="B-2",
+    )
+    overlapping = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T09:15:00+00:00",
+        f"{MONDAY}T09:45:00+00:00",
+        "Hedy Lamarr",
+        "hedy@example.org",
+        booking_id="B-3",
+    )
+    fine = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T10:00:00+00:00",
+        f"{MONDAY}T10:30:00+00:00",
+        "Hedy Lamarr",
+        "hedy@example.org",
+        booking_id="B-4",
+    )
+    # (their webhooks are lost: the poller brings them, in one job)
+    totals = poller.handler({}, LambdaContext())
+    assert totals["missed"] == 3
+    assert drain(sync_app, worker) == 1
+    # Then the job succeeded; the two are skipped, each with its reason; the good one is in
+    ((result,),) = rows(
+        sync_app,
+        """SELECT result FROM jobs WHERE kind = 'sync.fetch' AND status = 'succeeded'
+           AND payload->>'via' = 'poll'""",
+    )
+    assert result["bookings"] == {"created": 1, "updated": 0, "unchanged": 0, "skipped": 2}
+    reasons = {s["externalId"]: s["reason"] for s in result["skippedBookings"]}
+    assert reasons["B-2"] == "unknown doctor 'D-404'"
+    assert "already booked" in reasons["B-3"] and "09:00:00Z" in reasons["B-3"]
+    assert [u for u in (unknown, overlapping, fine) if u["resourceId"] not in reasons] == [fine]
+    # And the doctor is not double-booked: the first booking stands, the overlap is not stored
+    assert rows(
+        sync_app,
+        "SELECT external_id, starts_at::text FROM appointments ORDER BY starts_at",
+    ) == [("B-1", f"{MONDAY} 09:00:00+00"), ("B-4", f"{MONDAY} 10:00:00+00")]
+    assert [e[0] for e in booking_events(sync_app)] == ["appointment.booked"] * 2
+    # When the provider moves the first booking onto the second (a colliding reschedule)
+    moved = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T10:00:00+00:00",
+        f"{MONDAY}T10:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    result = sync_booking(sync_app, api, worker, account, moved)
+    # Then it is skipped too, the appointment stays where it was, and no event is written
+    assert result["bookings"]["skipped"] == 1
+    assert rows(sync_app, "SELECT starts_at::text FROM appointments WHERE external_id = 'B-1'") == [
+        (f"{MONDAY} 09:00:00+00",)
+    ]
+    assert len(booking_events(sync_app)) == 2

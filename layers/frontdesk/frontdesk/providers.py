@@ -12,6 +12,8 @@ The generic JSON provider API (documented in README.md, faked by local/fake_prov
     GET  {base}/v1/bookings/{id}                200 booking | 404
     change  = {"id", "type", "resource": "lead"|"booking", "resourceId", "occurredAt"}
     lead    = {"id", "name", "email", "phone", "notes", "consent", "updatedAt"}
+    booking = {"id", "doctorId", "startsAt", "endsAt", "status": "booked"|"cancelled",
+               "patient": {"name", "email", "phone"}, "updatedAt"}   (times ISO 8601 + offset)
     Authorization: Bearer <credentials.apiKey>; 429 with Retry-After when rate limited.
 
 A webhook carries one change (the same `id` as in the change feed) and is signed with
@@ -82,6 +84,21 @@ class ProviderLead:
     updated_at: datetime | None
 
 
+@dataclass(frozen=True)
+class ProviderBooking:
+    """A booking as the provider sent it; sync checks the values (status, times, contact)."""
+
+    external_id: str
+    doctor_external_id: str
+    starts_at: datetime
+    ends_at: datetime
+    status: str
+    name: str
+    email: str | None
+    phone: str | None
+    updated_at: datetime | None
+
+
 class ProviderAdapter(Protocol):
     def validate(self) -> None:
         """Check the credentials; ProviderRejected when the provider refuses them."""
@@ -91,7 +108,7 @@ class ProviderAdapter(Protocol):
 
     def fetch_lead(self, external_id: str) -> ProviderLead: ...
 
-    def fetch_booking(self, external_id: str) -> dict[str, Any]: ...
+    def fetch_booking(self, external_id: str) -> ProviderBooking: ...
 
 
 class GenericJsonAdapter:
@@ -145,8 +162,24 @@ class GenericJsonAdapter:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProviderRejected(f"malformed lead ({type(exc).__name__})") from None
 
-    def fetch_booking(self, external_id: str) -> dict[str, Any]:
-        return self._get(f"/v1/bookings/{urllib.parse.quote(external_id, safe='')}")
+    def fetch_booking(self, external_id: str) -> ProviderBooking:
+        item = self._get(f"/v1/bookings/{urllib.parse.quote(external_id, safe='')}")
+        try:
+            patient = item["patient"]
+            updated = item.get("updatedAt")
+            return ProviderBooking(
+                external_id=str(item["id"]),
+                doctor_external_id=str(item["doctorId"]),
+                starts_at=datetime.fromisoformat(str(item["startsAt"])),
+                ends_at=datetime.fromisoformat(str(item["endsAt"])),
+                status=str(item.get("status", "booked")),
+                name=str(patient.get("name") or ""),
+                email=_optional(patient.get("email")),
+                phone=_optional(patient.get("phone")),
+                updated_at=datetime.fromisoformat(updated) if updated else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProviderRejected(f"malformed booking ({type(exc).__name__})") from None
 
     def _get(self, path: str) -> dict[str, Any]:
         request = urllib.request.Request(  # noqa: S310 (scheme checked when the account is saved)

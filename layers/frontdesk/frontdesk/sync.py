@@ -13,17 +13,19 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
-from frontdesk import breaker, jobs, leads, outbox, provider_accounts
+from frontdesk import appointments, breaker, jobs, leads, outbox, provider_accounts
 from frontdesk.crypto import BlindIndex, EnvelopeCipher
 from frontdesk.db import Database, transaction
 from frontdesk.observability import logger
 from frontdesk.providers import (
     Change,
     ProviderAdapter,
+    ProviderBooking,
     ProviderError,
     ProviderLead,
     ProviderNotFound,
@@ -163,20 +165,21 @@ def run_fetch(
         return "failed"
     items: list[dict[str, str]] = payload["items"]
     counts = dict.fromkeys(("created", "updated", "unchanged", "gone", "invalid"), 0)
-    counts["bookingsSkipped"] = 0
+    booking_counts = dict.fromkeys(("created", "updated", "unchanged", "skipped"), 0)
+    skipped: list[dict[str, str]] = []
     caller = ProviderCaller(db, account_id, policy)
     caller.admit()
     adapter = _adapter(account, policy)
     for start in range(0, len(items), _FETCH_GROUP):
         group = items[start : start + _FETCH_GROUP]
         fetched: list[leads.ExternalLead] = []
+        bookings: list[appointments.ExternalBooking] = []
         for item in group:
-            if item["resource"] != "lead":
-                # Bookings: the appointments tables are not part of this service yet.
-                counts["bookingsSkipped"] += 1
-                continue
+            fetch: Callable[[str], ProviderLead | ProviderBooking] = (
+                adapter.fetch_lead if item["resource"] == "lead" else adapter.fetch_booking
+            )
             try:
-                lead = caller.call(partial(adapter.fetch_lead, item["externalId"]))
+                answer = caller.call(partial(fetch, item["externalId"]))
             except ProviderNotFound:
                 counts["gone"] += 1
                 continue
@@ -185,7 +188,15 @@ def run_fetch(
                     provider_accounts.record_error(cur, account_id, str(exc))
                     jobs.finish(cur, job_id, status="failed", error=str(exc))
                 return "failed"
-            external = _external(lead)
+            if isinstance(answer, ProviderBooking):
+                booking = _external_booking(answer)
+                if isinstance(booking, str):  # the provider's data breaks our rules: skip it
+                    booking_counts["skipped"] += 1
+                    _note_skipped(skipped, answer.external_id, booking)
+                else:
+                    bookings.append(booking)
+                continue
+            external = _external(answer)
             if external is None:
                 counts["invalid"] += 1  # the provider's data breaks our rules: skip it
                 continue
@@ -203,6 +214,19 @@ def run_fetch(
             )
             for state in outcome.values():
                 counts[state] += 1
+            booked, reasons, booking_outbox_ids = appointments.upsert_external(
+                cur,
+                ports.cipher,
+                ports.blind_index,
+                clinic_id=clinic_id,
+                provider=account.provider,
+                items=bookings,
+                request_id=job["request_id"],
+            )
+            for state in booked.values():
+                booking_counts[state] += 1
+            for external_id, reason in reasons.items():
+                _note_skipped(skipped, external_id, reason)
             finished = min(len(items), start + len(group))
             jobs.set_progress(
                 cur,
@@ -210,10 +234,61 @@ def run_fetch(
                 percent=int(100 * finished / max(1, len(items))),
                 message=f"{finished}/{len(items)} fetched",
             )
-        outbox.relay(db, outbox_ids, ports.publisher)
+        outbox.relay(db, outbox_ids + booking_outbox_ids, ports.publisher)
+    result = {
+        **counts,
+        "bookings": booking_counts,
+        "skippedBookings": skipped,
+        "retries": caller.retries,
+    }
     with transaction(db) as cur:
-        jobs.finish(cur, job_id, status="succeeded", result={**counts, "retries": caller.retries})
+        jobs.finish(cur, job_id, status="succeeded", result=result)
     return "succeeded"
+
+
+_MAX_SKIPPED_LISTED = 100  # the job result stays small; the count is in bookings.skipped
+
+
+def _note_skipped(skipped: list[dict[str, str]], external_id: str, reason: str) -> None:
+    logger.warning("provider booking skipped", extra={"reason": reason})
+    if len(skipped) < _MAX_SKIPPED_LISTED:
+        skipped.append({"externalId": external_id, "reason": reason})
+
+
+_BOOKING_STATUS: dict[str, Literal["booked", "cancelled"]] = {
+    "booked": "booked",
+    "confirmed": "booked",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+_MAX_BOOKING = timedelta(hours=24)
+
+
+def _external_booking(booking: ProviderBooking) -> appointments.ExternalBooking | str:
+    """The checked booking, or why it is refused (never the values)."""
+    status = _BOOKING_STATUS.get(booking.status.strip().lower())
+    if status is None:
+        return "status: not booked or cancelled"
+    starts, ends = booking.starts_at, booking.ends_at
+    if starts.tzinfo is None or ends.tzinfo is None:
+        return "startsAt/endsAt: a UTC offset is required"
+    if not timedelta(0) < ends - starts <= _MAX_BOOKING:
+        return "endsAt: must be after startsAt, at most 24 hours"
+    checked = leads.check_external(booking.name, booking.email, booking.phone, None, False)
+    if isinstance(checked, str):
+        return f"patient {checked}"
+    name, email, phone, _, _ = checked
+    return appointments.ExternalBooking(
+        booking.external_id,
+        booking.doctor_external_id,
+        starts,
+        ends,
+        status,
+        name,
+        email,
+        phone,
+        booking.updated_at,
+    )
 
 
 def _external(lead: ProviderLead) -> leads.ExternalLead | None:
