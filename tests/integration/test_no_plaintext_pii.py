@@ -88,7 +88,8 @@ def test_no_plaintext_email_or_phone_in_the_database_or_the_logs(
         headers = kwargs.pop("headers", {})
         event = http_event(method, path, body=body, headers=headers, **kwargs)
         if "clinic_id" in kwargs:
-            event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = "[staff admin operator]"
+            claims = event["requestContext"]["authorizer"]["jwt"]["claims"]
+            claims["roles"] = "[staff admin operator]"
         status, _, answer = http_response(api.handler(event, LambdaContext()))
         assert status < 300, (path, answer)
         return answer["data"]
