@@ -67,11 +67,6 @@ class PayloadTooLarge(FrontdeskError):
     title = "Payload too large"
 
 
-class UnsupportedMediaType(FrontdeskError):
-    status = 415
-    title = "Unsupported media type"
-
-
 class InvalidInput(FrontdeskError):
     status = 422
     title = "Invalid input"
@@ -80,11 +75,6 @@ class InvalidInput(FrontdeskError):
 class IdempotencyKeyReused(FrontdeskError):
     status = 422
     title = "Idempotency-Key reused with a different request"
-
-
-class IdempotencyKeyInProgress(FrontdeskError):
-    status = 409
-    title = "A request with this Idempotency-Key is still being processed"
 
 
 class ServiceUnavailable(FrontdeskError):
