@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +48,8 @@ from bench.common import (
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    stop_runtime,
+    wait_for_runtime,
 )
 from frontdesk import assistant
 from frontdesk.web.auth import Staff  # module level: FastAPI resolves the route's annotations
@@ -402,33 +403,6 @@ def bench_end_to_end_local_runtime(report: Report, postgres: Any) -> None:
             "-",
         )
     )
-
-
-def wait_for_runtime(process: subprocess.Popen[bytes], dev_json: Any, log_path: Any) -> Any:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"local.dev exited:\n{log_path.read_text()[-3000:]}")
-        if dev_json.exists():
-            try:
-                return json.loads(dev_json.read_text())
-            except json.JSONDecodeError:  # being written
-                pass
-        time.sleep(0.05)
-    raise RuntimeError(f"local.dev did not start:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_runtime(process: subprocess.Popen[bytes]) -> str:
-    if process.poll() is not None:
-        return f"had exited ({process.returncode})"
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-        return f"stopped on SIGINT ({process.returncode})"
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return "killed after 20 s"
 
 
 # ---------------------------------------------------------------- main

@@ -7,8 +7,11 @@ import contextlib
 import json
 import math
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -231,3 +234,38 @@ def seed_clinic() -> uuid.UUID:
     return create_clinic(
         get_database(), name="Bench clinic", notify_email=NOTIFY_EMAIL, form_key=FORM_KEY
     )
+
+
+# ---------------------------------------------------------------- the local runtime
+
+
+def wait_for_runtime(
+    process: subprocess.Popen[bytes], dev_json: Path, log_path: Path
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"local.dev exited ({process.returncode}):\n{log_path.read_text()[-3000:]}"
+            )
+        if dev_json.exists():
+            try:
+                info: dict[str, Any] = json.loads(dev_json.read_text())
+                return info
+            except json.JSONDecodeError:  # being written
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"local.dev did not start:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_runtime(process: subprocess.Popen[bytes]) -> str:
+    if process.poll() is not None:
+        return f"had exited ({process.returncode})"
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+        return f"stopped on SIGINT ({process.returncode})"
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return "killed after 20 s"

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import pstats
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from bench.common import (
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    stop_runtime,
+    wait_for_runtime,
 )
 
 POST_REQUESTS = 1_000
@@ -664,38 +665,6 @@ def bench_notify(report: Report, moto: Moto, database_url: str, clinic_id: uuid.
 
 
 # ---------------------------------------------------------------- 4. end to end
-
-
-def wait_for_runtime(
-    process: subprocess.Popen[bytes], dev_json: Path, log_path: Path
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"local.dev exited ({process.returncode}):\n{log_path.read_text()[-3000:]}"
-            )
-        if dev_json.exists():
-            try:
-                info: dict[str, Any] = json.loads(dev_json.read_text())
-                return info
-            except json.JSONDecodeError:  # being written
-                pass
-        time.sleep(0.05)
-    raise RuntimeError(f"local.dev did not start:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_runtime(process: subprocess.Popen[bytes]) -> str:
-    if process.poll() is not None:
-        return f"had exited ({process.returncode})"
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-        return f"stopped on SIGINT ({process.returncode})"
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return "killed after 20 s"
 
 
 def bench_end_to_end(report: Report, postgres: Postgres) -> None:

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from local.fake_llm import FakeLlm
-from local.sqs_source import poll_once
 from tests.integration.conftest import FORM_KEY, App, sent_emails
 from tests.support import (
     LambdaContext,
@@ -46,24 +45,8 @@ def post_leads(api: Any, count: int) -> list[dict[str, Any]]:
 
 def drain(app: App, function_id: str, handler: Any, *, wait: int = 0, rounds: int = 10_000) -> int:
     """Poll the function's queue like Lambda until a receive finds nothing."""
-    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == function_id)
-    seen = 0
-    for _ in range(rounds):
-        result = poll_once(
-            app.sqs(),
-            queue_url=source.queue_url,
-            queue_arn=source.queue_arn,
-            region="us-east-1",
-            batch_size=source.batch_size,
-            partial_batch_response=source.report_batch_item_failures,
-            invoke=lambda event: handler.handler(event, LambdaContext()),
-            wait_seconds=wait,
-            retry_after_seconds=0 if function_id != "LlmWorker" else None,
-        )
-        if result.received == 0:
-            return seen
-        seen += result.received
-    return seen
+    retry = None if function_id == "LlmWorker" else 0
+    return app.drain(function_id, handler, wait=wait, rounds=rounds, retry_after_seconds=retry)
 
 
 def one(app: App, sql: str, *params: Any) -> Any:

@@ -14,7 +14,8 @@ import pytest
 
 from local import mail
 from local.mail import SentEmail
-from tests.support import reset_process_state
+from local.sqs_source import poll_once
+from tests.support import LambdaContext, reset_process_state
 
 FORM_KEY = "fk_test_form_key"
 
@@ -75,6 +76,52 @@ class App:
     def queue_url(self, logical_id: str) -> str:
         url: str = self.stack.physical[logical_id]["Ref"]
         return url
+
+    def poll(
+        self,
+        function_id: str,
+        handler: Any,
+        *,
+        wait: int = 0,
+        retry_after_seconds: int | None = None,
+    ) -> int:
+        """One receive of the function's queue into its handler, as Lambda's event source
+        mapping does; returns the records received. `retry_after_seconds` makes failed
+        records reappear sooner than the queue's visibility timeout."""
+        source = next(
+            s for s in self.stack.sqs_event_sources() if s.function_logical_id == function_id
+        )
+        return poll_once(
+            self.sqs(),
+            queue_url=source.queue_url,
+            queue_arn=source.queue_arn,
+            region="us-east-1",
+            batch_size=source.batch_size,
+            partial_batch_response=source.report_batch_item_failures,
+            invoke=lambda event: handler.handler(event, LambdaContext()),
+            wait_seconds=wait,
+            retry_after_seconds=retry_after_seconds,
+        ).received
+
+    def drain(
+        self,
+        function_id: str,
+        handler: Any,
+        *,
+        wait: int = 0,
+        rounds: int = 10_000,
+        retry_after_seconds: int | None = None,
+    ) -> int:
+        """Poll until a receive finds nothing (or `rounds` receives); returns records seen."""
+        seen = 0
+        for _ in range(rounds):
+            received = self.poll(
+                function_id, handler, wait=wait, retry_after_seconds=retry_after_seconds
+            )
+            if received == 0:
+                break
+            seen += received
+        return seen
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from local.fake_llm import FakeLlm
-from local.sqs_source import poll_once
 from tests.integration.conftest import FORM_KEY, App
 from tests.support import (
     LambdaContext,
@@ -107,24 +106,11 @@ def execute(app: App, sql: str, *params: Any) -> None:
 
 def poll(app: App, worker: Any) -> int:
     """One receive of the llm queue into LlmWorker, as Lambda's event source mapping does."""
-    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == "LlmWorker")
-    return poll_once(
-        app.sqs(),
-        queue_url=source.queue_url,
-        queue_arn=source.queue_arn,
-        region="us-east-1",
-        batch_size=source.batch_size,
-        partial_batch_response=source.report_batch_item_failures,
-        invoke=lambda event: worker.handler(event, LambdaContext()),
-        wait_seconds=0,
-    ).received
+    return app.poll("LlmWorker", worker)
 
 
 def drain(app: App, worker: Any) -> int:
-    seen = 0
-    while received := poll(app, worker):
-        seen += received
-    return seen
+    return app.drain("LlmWorker", worker)
 
 
 def queue_counts(app: App, logical_id: str) -> dict[str, int]:

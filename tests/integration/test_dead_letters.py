@@ -10,7 +10,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from local.sqs_source import poll_once
 from tests.integration.conftest import FORM_KEY, App, sent_emails
 from tests.support import LambdaContext, http_event, http_response, load_handler
 
@@ -56,25 +55,7 @@ def call(
 
 
 def drain(app: App, notify: Any) -> int:
-    source = next(
-        s for s in app.stack.sqs_event_sources() if s.function_logical_id == "NotifyWorker"
-    )
-    seen = 0
-    while True:
-        result = poll_once(
-            app.sqs(),
-            queue_url=source.queue_url,
-            queue_arn=source.queue_arn,
-            region="us-east-1",
-            batch_size=source.batch_size,
-            partial_batch_response=source.report_batch_item_failures,
-            invoke=lambda event: notify.handler(event, LambdaContext()),
-            wait_seconds=0,
-            retry_after_seconds=0,
-        )
-        if result.received == 0:
-            return seen
-        seen += result.received
+    return app.drain("NotifyWorker", notify, retry_after_seconds=0)
 
 
 def job_status(app: App, job_id: str) -> str:

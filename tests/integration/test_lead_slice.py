@@ -14,7 +14,6 @@ import boto3
 import psycopg
 import pytest
 
-from local.sqs_source import poll_once
 from tests.integration.conftest import FORM_KEY, App, sent_emails
 from tests.support import LambdaContext, http_event, http_response, load_handler, sqs_event
 
@@ -57,25 +56,7 @@ def rows(app: App, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def drain_notifications(app: App, notify: Any, **kwargs: Any) -> int:
     """Run NotifyWorker over the queue like Lambda's event source mapping; return records seen."""
-    source = next(
-        s for s in app.stack.sqs_event_sources() if s.function_logical_id == "NotifyWorker"
-    )
-    seen = 0
-    while True:
-        result = poll_once(
-            app.sqs(),
-            queue_url=source.queue_url,
-            queue_arn=source.queue_arn,
-            region="us-east-1",
-            batch_size=source.batch_size,
-            partial_batch_response=source.report_batch_item_failures,
-            invoke=lambda event: notify.handler(event, LambdaContext()),
-            wait_seconds=0,
-            **kwargs,
-        )
-        if result.received == 0:
-            return seen
-        seen += result.received
+    return app.drain("NotifyWorker", notify, **kwargs)
 
 
 def test_public_lead_is_stored_encrypted_and_handed_off(app: App, api: Any) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from local.sqs_source import poll_once
 from tests.integration.conftest import FORM_KEY, App
 from tests.support import LambdaContext, http_event, http_response, load_handler
 
@@ -60,23 +59,7 @@ def logs() -> Iterator[io.StringIO]:
 
 
 def drain(app: App, function_id: str, handler: Any) -> int:
-    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == function_id)
-    seen = 0
-    while True:
-        result = poll_once(
-            app.sqs(),
-            queue_url=source.queue_url,
-            queue_arn=source.queue_arn,
-            region="us-east-1",
-            batch_size=source.batch_size,
-            partial_batch_response=source.report_batch_item_failures,
-            invoke=lambda event: handler.handler(event, LambdaContext()),
-            wait_seconds=0,
-            retry_after_seconds=0,
-        )
-        if result.received == 0:
-            return seen
-        seen += result.received
+    return app.drain(function_id, handler, retry_after_seconds=0)
 
 
 def test_no_plaintext_email_or_phone_in_the_database_or_the_logs(

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 
 from local.fake_provider import DEFAULT_API_KEY, FakeProvider
-from local.sqs_source import poll_once
 from tests.integration.conftest import App
 from tests.support import (
     REPO,
@@ -76,23 +75,7 @@ def rows(app: App, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def drain(app: App, worker: Any) -> int:
     """Run SyncWorker over the sync queue like Lambda's event source mapping."""
-    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == "SyncWorker")
-    seen = 0
-    while True:
-        result = poll_once(
-            app.sqs(),
-            queue_url=source.queue_url,
-            queue_arn=source.queue_arn,
-            region="us-east-1",
-            batch_size=source.batch_size,
-            partial_batch_response=source.report_batch_item_failures,
-            invoke=lambda event: worker.handler(event, LambdaContext()),
-            wait_seconds=0,
-            retry_after_seconds=0,
-        )
-        if result.received == 0:
-            return seen
-        seen += result.received
+    return app.drain("SyncWorker", worker, retry_after_seconds=0)
 
 
 def queued_messages(app: App) -> int:
