@@ -49,7 +49,7 @@ build: $(SAM_VENV)/.installed
 
 ## make migrate: apply db/migrations to the database at DATABASE_URL (deployments)
 migrate: $(VENV)/.installed
-	$(PY) -m frontdesk.migrations db/migrations
+	$(PY) -m frontdesk.platform.migrations db/migrations
 
 ## make bench: every benchmark in bench/; results in bench/results/
 BENCHMARKS := run assistant appointments sync metrics

@@ -118,10 +118,12 @@ def race(workers: list[Callable[[], Any]]) -> list[Any]:
 
 
 def main() -> None:
-    from frontdesk import appointments, db, doctors, patients
-    from frontdesk.crypto import get_blind_index, get_cipher
-    from frontdesk.db import transaction
-    from frontdesk.outbox import Publisher
+    from frontdesk.appointments import bookings as appointments
+    from frontdesk.appointments import doctors, patients
+    from frontdesk.platform import db
+    from frontdesk.platform.crypto import get_blind_index, get_cipher
+    from frontdesk.platform.db import transaction
+    from frontdesk.platform.outbox import Publisher
     from tests.support import LambdaContext, http_event, http_response, load_handler
 
     pg = start_postgres()

@@ -51,7 +51,7 @@ from bench.common import (
     stop_runtime,
     wait_for_runtime,
 )
-from frontdesk import assistant
+from frontdesk.assistant import conversations as assistant
 from frontdesk.web.auth import Staff  # module level: FastAPI resolves the route's annotations
 
 MODEL_DELAY_SECONDS = 3.0
@@ -73,12 +73,12 @@ def blocking_handler() -> Any:
     """ApiFunction's app plus a blocking variant of the ask route, behind Mangum."""
     from mangum import Mangum
 
-    from frontdesk.assistant_worker import chat_model
     from frontdesk.config import get_settings
-    from frontdesk.db import get_database
+    from frontdesk.platform.db import get_database
     from frontdesk.web.app import create_app
     from frontdesk.web.http import envelope
-    from frontdesk.web.routes_assistant import _budget, publisher
+    from frontdesk.web.routes.assistant import _budget, publisher
+    from frontdesk.workers.llm import chat_model
 
     router = APIRouter()
 
@@ -179,8 +179,8 @@ def new_conversation(api: Any, clinic_id: uuid.UUID) -> str:
 
 
 def purge_llm_queue() -> None:
-    from frontdesk.clients.aws import client
     from frontdesk.config import get_settings
+    from frontdesk.platform.aws import client
 
     sqs = client("sqs")
     url = get_settings().llm_queue_url
@@ -328,7 +328,7 @@ def bench_end_to_end_in_process(report: Report, stack: Any, clinic_id: uuid.UUID
 
 
 def stack_sqs() -> Any:
-    from frontdesk.clients.aws import client
+    from frontdesk.platform.aws import client
 
     return client("sqs")
 
@@ -409,7 +409,7 @@ def bench_end_to_end_local_runtime(report: Report, postgres: Any) -> None:
 
 
 def main() -> None:
-    from frontdesk.db import PooledDatabase, set_database
+    from frontdesk.platform.db import PooledDatabase, set_database
     from local.fake_llm import FakeLlm
 
     started = time.perf_counter()

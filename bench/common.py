@@ -137,7 +137,7 @@ class Postgres:
     created: list[str] = field(default_factory=list)
 
     def fresh_database(self, prefix: str, *, migrated: bool = True) -> str:
-        from frontdesk.migrations import migrate
+        from frontdesk.platform.migrations import migrate
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
@@ -229,7 +229,7 @@ def export_stack(moto: Moto, database_url: str) -> Any:
 
 def seed_clinic() -> uuid.UUID:
     from frontdesk.clinics import create_clinic
-    from frontdesk.db import get_database
+    from frontdesk.platform.db import get_database
 
     return create_clinic(
         get_database(), name="Bench clinic", notify_email=NOTIFY_EMAIL, form_key=FORM_KEY

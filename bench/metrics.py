@@ -145,7 +145,8 @@ def ms(seconds: float) -> str:
 
 
 def main() -> None:
-    from frontdesk import db, metrics
+    from frontdesk.dashboard import daily_metrics as metrics
+    from frontdesk.platform import db
     from tests.support import LambdaContext, http_event, http_response, load_handler
 
     pg = start_postgres()

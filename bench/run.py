@@ -95,8 +95,8 @@ def lead_body(i: int) -> dict[str, Any]:
 def empty_notifications_queue() -> None:
     """moto's SendMessageBatch gets slower with every message in the queue (about 7 ms
     empty, 37 ms at 1,000 messages); SQS's does not. Purged, untimed, before each call."""
-    from frontdesk.clients.aws import client
     from frontdesk.config import get_settings
+    from frontdesk.platform.aws import client
 
     client("sqs").purge_queue(QueueUrl=get_settings().notifications_queue_url)
 
@@ -159,8 +159,8 @@ def time_bare_inserts(database_url: str, clinic_id: uuid.UUID, count: int) -> li
 def time_moto_round_trips(count: int) -> list[float]:
     """Seconds per pair of the calls one POST's outbox relay makes (SQS send_message_batch
     of one entry + EventBridge put_events of one entry), with the functions' own clients."""
-    from frontdesk.clients.aws import client
     from frontdesk.config import get_settings
+    from frontdesk.platform.aws import client
 
     settings = get_settings()
     sqs, events = client("sqs"), client("events")
@@ -549,8 +549,8 @@ def bench_ses_reference(calls: int) -> tuple[str, float]:
     """(what was called, seconds per call): the SES call NotifyWorker makes for one batch,
     bare, with the functions' own client: SendBulkTemplatedEmail to a batch's worth of
     destinations when a template is configured, else one SendEmail."""
-    from frontdesk.clients.aws import client
     from frontdesk.config import get_settings
+    from frontdesk.platform.aws import client
 
     settings = get_settings()
     ses = client("ses")

@@ -60,10 +60,10 @@ def generated_csv(rows: int) -> bytes:
 
 
 def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
-    from frontdesk import provider_accounts
-    from frontdesk.crypto import get_cipher
-    from frontdesk.db import get_database, transaction
-    from frontdesk.outbox import default_publisher
+    from frontdesk.platform.crypto import get_cipher
+    from frontdesk.platform.db import get_database, transaction
+    from frontdesk.platform.outbox import default_publisher
+    from frontdesk.sync import accounts as provider_accounts
     from local.fake_provider import FakeProvider
     from tests.support import LambdaContext, http_event
 
@@ -239,8 +239,8 @@ def import_worker() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from frontdesk.crypto import get_blind_index, get_cipher
-    from frontdesk.db import get_database
+    from frontdesk.platform.crypto import get_blind_index, get_cipher
+    from frontdesk.platform.db import get_database
 
     get_database(), get_cipher().data_key(), get_blind_index()  # warm, as a container is
     before = _status_mb("VmRSS")

@@ -99,7 +99,7 @@ class DevRuntime:
         return info
 
     def _start_database(self) -> str:
-        from frontdesk.migrations import migrate
+        from frontdesk.platform.migrations import migrate
 
         url = os.environ.get("DATABASE_URL")
         if not url:
@@ -155,7 +155,7 @@ class DevRuntime:
             JWT_AUDIENCE=authorizer.audiences[0],
         )
         from frontdesk import config
-        from frontdesk.db import PooledDatabase, set_database
+        from frontdesk.platform.db import PooledDatabase, set_database
 
         config.get_settings.cache_clear()
         settings = config.get_settings()
@@ -170,7 +170,7 @@ class DevRuntime:
 
     def _seed(self) -> None:
         from frontdesk.clinics import create_clinic
-        from frontdesk.db import get_database
+        from frontdesk.platform.db import get_database
 
         create_clinic(
             get_database(),
@@ -328,7 +328,7 @@ class DevRuntime:
             self._uvicorn.should_exit = True
         for thread in self.threads:
             thread.join(timeout=10)
-        from frontdesk.db import get_database
+        from frontdesk.platform.db import get_database
 
         get_database().close()
         if self._fake_provider is not None:

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from frontdesk.webhooks import SIGNATURE_HEADER, sign
+from frontdesk.sync.webhooks import SIGNATURE_HEADER, sign
 
 DEFAULT_API_KEY = "fake-provider-api-key"
 

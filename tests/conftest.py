@@ -53,7 +53,7 @@ def pg_admin_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> Iterator[str]:
-    from frontdesk.migrations import migrate
+    from frontdesk.platform.migrations import migrate
 
     name = f"frontdesk_tpl_{os.getpid()}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:

@@ -109,9 +109,14 @@ def load_handler(function_dir: str) -> ModuleType:
 
 def reset_process_state() -> None:
     """Forget every per-container cache, as a new Lambda container would."""
-    from frontdesk import assistant_worker, config, crypto, db, workers
-    from frontdesk.clients import aws, llm
-    from frontdesk.web import routes_appointments, routes_assistant, routes_leads
+    from frontdesk import config
+    from frontdesk.assistant import llm
+    from frontdesk.platform import aws, crypto, db
+    from frontdesk.web.routes import appointments as routes_appointments
+    from frontdesk.web.routes import assistant as routes_assistant
+    from frontdesk.web.routes import leads as routes_leads
+    from frontdesk.workers import llm as assistant_worker
+    from frontdesk.workers import notify as workers
 
     config.get_settings.cache_clear()
     aws.client.cache_clear()
@@ -132,8 +137,8 @@ def reset_process_state() -> None:
 
 
 def _reset_sync_caches() -> None:
-    from frontdesk import sync_worker
-    from frontdesk.web import routes_sync
+    from frontdesk.web.routes import sync as routes_sync
+    from frontdesk.workers import sync as sync_worker
 
     sync_worker.ports.cache_clear()
     routes_sync.publisher.cache_clear()

@@ -7,8 +7,8 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 
-from frontdesk.assistant_worker import llm_record
 from frontdesk.observability import logger, metrics
+from frontdesk.workers.llm import llm_record
 
 processor = BatchProcessor(event_type=EventType.SQS)
 

@@ -1,7 +1,7 @@
 """MetricsFunction: every 5 minutes the recent days, nightly ({"mode": "full"}) the last 35."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.workers import compute_metrics
+from frontdesk.workers.notify import compute_metrics
 
 
 @metrics.log_metrics

@@ -1,7 +1,7 @@
 """NotifyWorker: SQS notifications queue -> one email per notification, partial batch failures."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.workers import handle_notifications
+from frontdesk.workers.notify import handle_notifications
 
 
 @metrics.log_metrics

@@ -1,7 +1,7 @@
 """OutboxSweeper: every minute, publish the outbox rows the post-commit relay missed."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.workers import sweep_outbox
+from frontdesk.workers.notify import sweep_outbox
 
 
 @metrics.log_metrics

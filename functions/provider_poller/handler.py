@@ -1,7 +1,7 @@
 """ProviderPoller: every 15 minutes, enqueue the provider changes webhooks missed."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.sync_worker import poll_providers
+from frontdesk.workers.sync import poll_providers
 
 
 @metrics.log_metrics

@@ -1,7 +1,7 @@
 """Reminders: every 5 minutes, enqueue each due appointment reminder exactly once."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.workers import send_reminders
+from frontdesk.workers.notify import send_reminders
 
 
 @metrics.log_metrics

@@ -1,7 +1,7 @@
 """SyncWorker: SQS sync queue -> provider fetches, credential checks, CSV imports."""
 
 from frontdesk.observability import logger, metrics
-from frontdesk.sync_worker import handle_sync
+from frontdesk.workers.sync import handle_sync
 
 
 @metrics.log_metrics

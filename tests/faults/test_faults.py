@@ -107,9 +107,9 @@ def notify() -> Any:
 def test_sqs_unreachable_after_commit_the_sweeper_delivers_everything(
     app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frontdesk import outbox
     from frontdesk.config import get_settings
-    from frontdesk.web import routes_leads
+    from frontdesk.platform import outbox
+    from frontdesk.web.routes import leads as routes_leads
 
     # Given SQS and EventBridge unreachable from the API right after its commits
     dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
@@ -169,9 +169,9 @@ def test_every_message_delivered_twice_the_books_still_balance(
 def test_a_poison_message_in_a_batch_of_ten_nine_succeed_and_it_is_dead_lettered(
     app: App, api: Any, notify: Any
 ) -> None:
-    from frontdesk import dead_letters
     from frontdesk.config import get_settings
-    from frontdesk.db import get_database
+    from frontdesk.ops import dead_letters
+    from frontdesk.platform.db import get_database
 
     # Given nine good messages and one poison message in one batch
     accepted = post_leads(api, 9)
@@ -265,7 +265,7 @@ def test_model_outage_opens_the_breaker_nothing_is_dead_lettered_all_answered_af
 
 _KILLED_WORKER = """
 import os, signal, boto3
-from frontdesk import notifications
+from frontdesk.notifications import staff as notifications
 from local.sqs_source import poll_once
 from tests.support import LambdaContext, load_handler
 

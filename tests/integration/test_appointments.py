@@ -185,7 +185,7 @@ def test_refusals_write_nothing(app: App, call: Call, doctor: str, patient: str)
 def pooled(app: App) -> Iterator[None]:
     """The handler's database as a pool, so threads are concurrent transactions (a Lambda
     container has one connection; concurrent requests are concurrent containers)."""
-    from frontdesk import db
+    from frontdesk.platform import db
 
     db.get_database().close()  # the container's single connection, opened by `app`
     pool = db.PooledDatabase(app.database_url, max_size=50)

@@ -395,8 +395,8 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
 
 
 def test_the_breaker_lets_one_probe_through_and_reopens_when_it_fails(chat: App) -> None:
-    from frontdesk import breaker
-    from frontdesk.db import get_database, transaction
+    from frontdesk.platform import breaker
+    from frontdesk.platform.db import get_database, transaction
 
     db = get_database()
     with transaction(db) as cur:
@@ -424,9 +424,9 @@ def test_the_breaker_lets_one_probe_through_and_reopens_when_it_fails(chat: App)
 def test_duplicate_delivery_produces_one_reply(
     chat: App, api: Any, worker: Any, llm: FakeLlm
 ) -> None:
-    from frontdesk import assistant
-    from frontdesk.clients.llm import OfflineModel
-    from frontdesk.db import SingleConnectionDatabase
+    from frontdesk.assistant import conversations as assistant
+    from frontdesk.assistant.llm import OfflineModel
+    from frontdesk.platform.db import SingleConnectionDatabase
 
     accepted = ask(api, chat)
     body = job_message_body(chat, accepted["jobId"])
@@ -563,7 +563,7 @@ def test_no_transaction_is_open_while_the_worker_waits_for_the_model(
     chat: App, api: Any, worker: Any, llm: FakeLlm
 ) -> None:
     from frontdesk.config import get_settings
-    from frontdesk.db import PooledDatabase, set_database
+    from frontdesk.platform.db import PooledDatabase, set_database
 
     # Given the worker on a pool, so a connection checked out during the call would show
     settings = get_settings()

@@ -21,7 +21,7 @@ class DownMailer:
     """SES refusing every email for now (a throttle, an outage): each is worth retrying."""
 
     def send_templated(self, *, sender: str, template: str, emails: Sequence[Any]) -> list[Any]:
-        from frontdesk.notifications import TransientDeliveryError
+        from frontdesk.notifications.staff import TransientDeliveryError
 
         return [TransientDeliveryError("ses throttled") for _ in emails]
 
@@ -79,7 +79,7 @@ def dlq_depth(app: App) -> int:
 def dead(app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A lead whose email failed maxReceiveCount times (job dead) and a poison message,
     both on the notifications DLQ."""
-    from frontdesk import workers
+    from frontdesk.workers import notify as workers
 
     monkeypatch.setattr(workers, "_mailer", DownMailer)
     event = http_event("POST", "/public/leads", body=PERSON, headers={"x-form-key": FORM_KEY})

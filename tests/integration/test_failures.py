@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from frontdesk.migrations import migrate
+from frontdesk.platform.migrations import migrate
 from tests.conftest import MIGRATIONS, with_dbname
 from tests.integration.conftest import FORM_KEY, App
 from tests.support import (
@@ -62,7 +62,7 @@ def test_key_service_down_is_503_and_writes_nothing(
 def test_an_unexpected_error_is_a_500_problem_without_details(
     app: App, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frontdesk import leads
+    from frontdesk.leads import intake as leads
 
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals")

@@ -210,9 +210,9 @@ def test_a_malformed_message_fails_alone_and_is_dead_lettered(
 def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
     app: App, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frontdesk import outbox
     from frontdesk.config import get_settings
-    from frontdesk.web import routes_leads as web_app
+    from frontdesk.platform import outbox
+    from frontdesk.web.routes import leads as web_app
 
     # Given SQS and EventBridge unreachable for the request (nothing listens on port 9)
     dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
@@ -240,7 +240,7 @@ def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
 
 
 def test_one_connection_is_reused_across_invocations(app: App, api: Any) -> None:
-    from frontdesk.db import get_database
+    from frontdesk.platform.db import get_database
 
     database = get_database()
     before = database.connects  # type: ignore[attr-defined]

@@ -207,8 +207,8 @@ def fixture(app: App) -> Fixture:
 
 
 def run(mode: str) -> Any:
-    from frontdesk import metrics
-    from frontdesk.db import get_database
+    from frontdesk.dashboard import daily_metrics as metrics
+    from frontdesk.platform.db import get_database
 
     return metrics.run(get_database(), mode)  # type: ignore[arg-type]
 
@@ -290,8 +290,8 @@ def test_a_rerun_changes_nothing(app: App, fixture: Fixture) -> None:
 def test_a_run_while_another_holds_the_lock_skips_and_two_at_once_agree(
     app: App, fixture: Fixture
 ) -> None:
-    from frontdesk import metrics
-    from frontdesk.db import PooledDatabase
+    from frontdesk.dashboard import daily_metrics as metrics
+    from frontdesk.platform.db import PooledDatabase
 
     # Given another run holding the lock
     with psycopg.connect(app.database_url) as holder:

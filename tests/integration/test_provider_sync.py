@@ -437,7 +437,7 @@ def test_an_import_killed_mid_way_resumes_without_duplicates(
     _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
     job_id = accepted["data"]["jobId"]
     # When the worker dies inside its fourth chunk's transaction
-    from frontdesk import leads
+    from frontdesk.leads import intake as leads
 
     real_insert = leads.insert_imported
     calls = {"n": 0}
@@ -486,10 +486,11 @@ def test_an_import_is_cancelled_between_chunks(
     text, _ = people_csv(100)
     _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
     job_id = uuid.UUID(accepted["data"]["jobId"])
-    from frontdesk import imports, jobs
-    from frontdesk.crypto import get_blind_index, get_cipher
-    from frontdesk.db import get_database
-    from frontdesk.outbox import default_publisher
+    from frontdesk.leads import imports
+    from frontdesk.platform import jobs
+    from frontdesk.platform.crypto import get_blind_index, get_cipher
+    from frontdesk.platform.db import get_database
+    from frontdesk.platform.outbox import default_publisher
 
     db = get_database()
 

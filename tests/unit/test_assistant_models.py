@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from frontdesk.assistant_worker import backoff_seconds, call_timeout
-from frontdesk.clients.llm import (
+from frontdesk.assistant.llm import (
     BedrockModel,
     ChatTurn,
     OfflineModel,
@@ -21,6 +20,7 @@ from frontdesk.clients.llm import (
     model_from_settings,
 )
 from frontdesk.config import Settings
+from frontdesk.workers.llm import backoff_seconds, call_timeout
 
 TURNS = [ChatTurn("user", "How many leads this week?")]
 SYSTEM = "You are the assistant.\n- new leads this week: 4\n"

@@ -7,7 +7,7 @@ import os
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from frontdesk.crypto import BlindIndex, EnvelopeCipher, field_aad, normalise_phone
+from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad, normalise_phone
 
 
 class FakeKeyService:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from frontdesk.leads import LeadIn
+from frontdesk.leads.intake import LeadIn
 
 
 def lead(**fields: object) -> dict[str, object]:

@@ -75,10 +75,10 @@ bodies = (
 
 
 def _parsers() -> dict[str, Callable[[str], Any]]:
-    from frontdesk.assistant import ReplyJobMessage
-    from frontdesk.notifications import NotifyMessage
-    from frontdesk.patient_notifications import parse_message
-    from frontdesk.sync_worker import SyncMessage
+    from frontdesk.assistant.conversations import ReplyJobMessage
+    from frontdesk.notifications.patients import parse_message
+    from frontdesk.notifications.staff import NotifyMessage
+    from frontdesk.workers.sync import SyncMessage
 
     return {
         "NotifyMessage": NotifyMessage.parse,
@@ -135,7 +135,7 @@ signature_headers = (
 @FUZZ
 @given(header=signature_headers)
 def test_the_webhook_signature_parser_accepts_or_rejects_with_a_reason(header: str | None) -> None:
-    from frontdesk.webhooks import parse_signature
+    from frontdesk.sync.webhooks import parse_signature
 
     # Given any header / When parsed
     try:
@@ -151,7 +151,7 @@ def test_the_webhook_signature_parser_accepts_or_rejects_with_a_reason(header: s
 @FUZZ
 @given(body=st.binary(max_size=300) | bodies.map(str.encode))
 def test_the_webhook_body_parser_accepts_or_rejects_with_a_reason(body: bytes) -> None:
-    from frontdesk.webhooks import parse_delivery
+    from frontdesk.sync.webhooks import parse_delivery
 
     try:
         parse_delivery(body)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from frontdesk.errors import InvalidInput, Unauthorized
-from frontdesk.imports import check_header, parse_window
-from frontdesk.leads import check_external
-from frontdesk.provider_accounts import check_base_url
-from frontdesk.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
+from frontdesk.leads.imports import check_header, parse_window
+from frontdesk.leads.intake import check_external
+from frontdesk.sync.accounts import check_base_url
+from frontdesk.sync.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
 
 SECRET = b"whsec_unit_test_secret"
 BODY = b'{"id":"chg_1","type":"lead.created","resource":"lead","resourceId":"L-1"}'

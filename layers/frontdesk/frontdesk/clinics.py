@@ -7,8 +7,8 @@ import secrets
 import uuid
 from uuid import UUID
 
-from frontdesk.db import Database, transaction
 from frontdesk.errors import Unauthorized
+from frontdesk.platform.db import Database, transaction
 
 
 def hash_form_key(form_key: str) -> bytes:

@@ -5,17 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from frontdesk.config import get_settings
-from frontdesk.web import (
-    routes_appointments,
-    routes_assistant,
-    routes_dead_letters,
-    routes_jobs,
-    routes_leads,
-    routes_metrics,
-    routes_ops,
-    routes_sync,
-)
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
+from frontdesk.web.routes import appointments as routes_appointments
+from frontdesk.web.routes import assistant as routes_assistant
+from frontdesk.web.routes import dashboard as routes_metrics
+from frontdesk.web.routes import dead_letters as routes_dead_letters
+from frontdesk.web.routes import jobs as routes_jobs
+from frontdesk.web.routes import leads as routes_leads
+from frontdesk.web.routes import ops as routes_ops
+from frontdesk.web.routes import sync as routes_sync
 
 
 def create_app() -> FastAPI:

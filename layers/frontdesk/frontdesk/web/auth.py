@@ -17,8 +17,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from frontdesk.clinics import clinic_for_form_key
 from frontdesk.config import get_settings
-from frontdesk.db import get_database
 from frontdesk.errors import Forbidden, Unauthorized
+from frontdesk.platform.db import get_database
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(

@@ -1,0 +1,440 @@
+"""Bulk CSV imports of leads: stored in PostgreSQL on upload, processed in chunks by SyncWorker.
+
+Upload (`POST /leads/imports`): the body is spooled (at most 1 MiB in memory, the rest on
+disk), its header checked, then one short transaction stores it as parts of 1 MiB, creates
+the job and its outbox row. Why the database and not S3: the body reaches Lambda whole
+through API Gateway anyway (10 MB cap), the file, the job and its outbox row commit
+together (no orphan objects, no second store to secure and expire), and the worker reads
+the file a window at a time with plain SQL.
+
+Worker: a chunk is one window of the file (IMPORT_CHUNK_BYTES, cut at a record boundary);
+per chunk one transaction checks the job was not cancelled, COPYs the checked rows
+(encrypted) into a staging table and inserts them with ON CONFLICT, records the rows'
+errors (line and reason, never values), and moves the resume point and the job's progress.
+A crash loses at most the chunk in flight; the redelivered message resumes at the last
+committed chunk. When the Lambda's time runs short the worker commits its chunk together
+with a continuation message for the same job and returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+from uuid import UUID
+
+from frontdesk.errors import InvalidInput, NotFound
+from frontdesk.leads import intake as leads
+from frontdesk.observability import logger
+from frontdesk.platform import jobs, outbox
+from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
+from frontdesk.platform.db import Cursor, Database, transaction
+
+IMPORT_JOB = "leads.import"
+PART_BYTES = 1024 * 1024
+COLUMNS = ("name", "email", "phone", "notes", "consent")
+_ERRORS_SHOWN = 100
+
+
+# ---------------------------------------------------------------- upload
+
+
+def check_header(first_line: bytes) -> tuple[list[str], int]:
+    """The header's column names and its length in bytes; InvalidInput when unusable."""
+    end = first_line.find(b"\n")
+    if end < 0:
+        raise InvalidInput("the CSV needs a header line, then one line per lead")
+    try:
+        text = first_line[: end + 1].decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("the CSV must be UTF-8") from None
+    columns = [c.strip().lower() for c in next(csv.reader([text]), [])]
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        raise InvalidInput(f"unknown columns: {', '.join(unknown)} (known: {', '.join(COLUMNS)})")
+    if len(set(columns)) != len(columns):
+        raise InvalidInput("a column appears twice")
+    if "name" not in columns or not {"email", "phone"} & set(columns):
+        raise InvalidInput("the CSV needs a name column and an email or phone column")
+    return columns, end + 1
+
+
+def store_upload(
+    db: Database,
+    publisher: outbox.Publisher,
+    *,
+    clinic_id: UUID,
+    source: str,
+    file: IO[bytes],
+    size: int,
+    lines: int,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """Store a spooled upload and hand it to SyncWorker. `lines` counts newlines (the row
+    total shown until the worker has counted the real records)."""
+    file.seek(0)
+    columns, header_bytes = check_header(file.read(64 * 1024))
+    file.seek(0)
+    rows_total = max(0, lines - 1)
+    import_id = uuid.uuid4()
+    with transaction(db) as cur:
+        job_id = jobs.create_job(
+            cur,
+            clinic_id=clinic_id,
+            kind=IMPORT_JOB,
+            payload={"importId": str(import_id)},
+            request_id=request_id,
+        )
+        cur.execute(
+            """INSERT INTO lead_imports (id, clinic_id, job_id, source, columns, size_bytes,
+                                         part_bytes, rows_total, next_offset)
+               VALUES (%(id)s, %(clinic)s, %(job)s, %(source)s, %(columns)s, %(size)s,
+                       %(part)s, %(total)s, %(offset)s)""",
+            {
+                "id": import_id,
+                "clinic": clinic_id,
+                "job": job_id,
+                "source": source,
+                "columns": columns,
+                "size": size,
+                "part": PART_BYTES,
+                "total": rows_total,
+                "offset": header_bytes,
+            },
+        )
+        with cur.copy("COPY lead_import_parts (import_id, part, data) FROM STDIN") as copy:
+            part = 0
+            while chunk := file.read(PART_BYTES):
+                copy.write_row((import_id, part, chunk))
+                part += 1
+        jobs.set_progress(
+            cur,
+            job_id,
+            percent=0,
+            message=f"0/{rows_total} rows, 0 errors",
+            result=_result(import_id, rows_total, 0, 0, 0, []),
+        )
+        outbox_id = outbox.enqueue_job_message(
+            cur,
+            queue="sync",
+            job_id=job_id,
+            kind=IMPORT_JOB,
+            clinic_id=clinic_id,
+            request_id=request_id,
+        )
+    outbox.relay(db, [outbox_id], publisher)
+    return {"importId": str(import_id), "jobId": str(job_id), "rowsTotal": rows_total}
+
+
+def _result(
+    import_id: UUID,
+    total: int,
+    done: int,
+    imported: int,
+    error_count: int,
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "importId": str(import_id),
+        "rowsTotal": total,
+        "rowsDone": done,
+        "rowsImported": imported,
+        "errorCount": error_count,
+        "errors": errors,  # the first 100, by line
+    }
+
+
+# ---------------------------------------------------------------- parsing a window
+
+
+@dataclass
+class Window:
+    rows: list[tuple[int, str, str | None, str | None, str | None, bool]] = field(
+        default_factory=list
+    )
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    consumed: int = 0  # bytes of complete records parsed
+    lines: int = 0  # physical lines consumed
+
+    @property
+    def records(self) -> int:
+        return len(self.rows) + len(self.errors)
+
+
+def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: int) -> Window:
+    """Parse the complete records at the start of `data` (a window of the file).
+
+    A record cut off by the window's end is left for the next window (`consumed` stops
+    before it). Blank lines are skipped. Each bad record becomes (line, reason)."""
+    window = Window()
+    if not at_eof:
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return window
+        data = data[: cut + 1]
+    lines = data.splitlines(keepends=True)
+    position = 0
+    line_no = first_line - 1
+
+    def feed() -> Iterator[str]:
+        nonlocal position, line_no
+        for raw in lines:
+            position += len(raw)
+            line_no += 1
+            yield raw.decode("utf-8", "replace")
+
+    reader = csv.reader(feed(), strict=True)
+    index = {name: i for i, name in enumerate(columns)}
+    width = len(columns)
+    get = _getter(index)
+    while True:
+        start, start_line = position, line_no + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if position >= len(data) and not at_eof:
+                position, line_no = start, start_line - 1  # cut off: the next window's
+                break
+            window.errors.append((start_line, f"malformed CSV ({exc})"))
+            continue
+        if not record or record == [""]:
+            continue
+        if len(record) != width:
+            window.errors.append((start_line, f"expected {width} fields, found {len(record)}"))
+            continue
+        checked = leads.check_external(
+            get(record, "name"),
+            get(record, "email"),
+            get(record, "phone"),
+            get(record, "notes"),
+            get(record, "consent") or "",
+        )
+        if isinstance(checked, str):
+            window.errors.append((start_line, checked))
+        else:
+            window.rows.append((start_line, *checked))
+    window.consumed = position
+    window.lines = line_no - first_line + 1
+    return window
+
+
+def _getter(index: dict[str, int]) -> Callable[[list[str], str], str | None]:
+    def get(record: list[str], name: str) -> str | None:
+        i = index.get(name)
+        return None if i is None else record[i]
+
+    return get
+
+
+# ---------------------------------------------------------------- the worker
+
+
+@dataclass(frozen=True)
+class ImportPorts:
+    cipher: EnvelopeCipher
+    blind_index: BlindIndex
+    publisher: outbox.Publisher
+
+
+def run(
+    db: Database,
+    ports: ImportPorts,
+    *,
+    job_id: UUID,
+    clinic_id: UUID,
+    chunk_bytes: int,
+    remaining_seconds: Callable[[], float],
+    on_chunk: Callable[[int], None] | None = None,
+) -> str:
+    """Process an import from its resume point. Returns "succeeded", "cancelled",
+    "continued" (time ran short: a continuation message was committed), "busy" (another
+    worker moved the resume point) or "already_done"."""
+    with transaction(db) as cur:
+        started = jobs.start_attempt(cur, job_id)
+        if started is None or started["clinic_id"] != clinic_id:
+            return "already_done"
+        state = _state(cur, job_id)
+    slowest = 0.0
+    window_bytes = chunk_bytes
+    while True:
+        began = remaining_seconds()
+        data, at_eof = _read_window(db, state, window_bytes)
+        window = parse_window(
+            data, at_eof=at_eof, columns=state["columns"], first_line=state["next_line"]
+        )
+        if window.consumed == 0 and not at_eof:
+            window_bytes *= 2  # one record longer than the window
+            continue
+        window_bytes = chunk_bytes
+        # Stop after this chunk when another one might not fit in the time left.
+        last = at_eof or remaining_seconds() < max(10.0, 3 * slowest)
+        outbox_ids: list[int] = []
+        with transaction(db) as cur:
+            outcome = _commit_chunk(cur, ports, state, window, at_eof=at_eof, last=last)
+            if outcome == "continued":
+                outbox_ids.append(
+                    outbox.enqueue_job_message(
+                        cur,
+                        queue="sync",
+                        job_id=job_id,
+                        kind=IMPORT_JOB,
+                        clinic_id=clinic_id,
+                        request_id=started["request_id"],
+                    )
+                )
+            elif outcome == "succeeded":
+                outbox_ids.append(
+                    outbox.add_domain_event(
+                        cur,
+                        detail_type="lead_import.completed",
+                        detail={
+                            "importId": str(state["id"]),
+                            "clinicId": str(clinic_id),
+                            "rowsImported": state["rows_imported"],
+                            "errorCount": state["error_count"],
+                        },
+                        request_id=started["request_id"],
+                    )
+                )
+        outbox.relay(db, outbox_ids, ports.publisher)
+        if on_chunk is not None and outcome in ("next", "continued", "succeeded"):
+            on_chunk(state["chunks_done"])
+        if outcome != "next":
+            return outcome
+        slowest = max(slowest, began - remaining_seconds())
+
+
+def _state(cur: Cursor, job_id: UUID) -> dict[str, Any]:
+    cur.execute(
+        """SELECT id, clinic_id, job_id, source, columns, size_bytes, part_bytes, rows_total,
+                  next_offset, next_line, rows_done, rows_imported, error_count, chunks_done
+           FROM lead_imports WHERE job_id = %(job)s""",
+        {"job": job_id},
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"no import for job {job_id}")
+    return dict(row)
+
+
+def _read_window(db: Database, state: dict[str, Any], size: int) -> tuple[bytes, bool]:
+    """`size` bytes of the file from the resume point (only the parts that hold them)."""
+    start = int(state["next_offset"])
+    end = min(start + size, int(state["size_bytes"]))
+    part_bytes = int(state["part_bytes"])
+    if start >= end:
+        return b"", True
+    with transaction(db) as cur:
+        cur.execute(
+            """SELECT part, data FROM lead_import_parts
+               WHERE import_id = %(id)s AND part BETWEEN %(first)s AND %(last)s
+               ORDER BY part""",
+            {"id": state["id"], "first": start // part_bytes, "last": (end - 1) // part_bytes},
+        )
+        buffer = io.BytesIO()
+        for row in cur:
+            buffer.write(row["data"])
+    skip = start - (start // part_bytes) * part_bytes
+    data = buffer.getvalue()[skip : skip + (end - start)]
+    return data, end >= int(state["size_bytes"])
+
+
+def _commit_chunk(
+    cur: Cursor,
+    ports: ImportPorts,
+    state: dict[str, Any],
+    window: Window,
+    *,
+    at_eof: bool,
+    last: bool,
+) -> str:
+    """One chunk, one transaction: "next", "succeeded", "continued", "cancelled", "busy"."""
+    cur.execute("SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": state["job_id"]})
+    job = cur.fetchone()
+    if job is None or job["status"] == "cancelled":
+        return "cancelled"
+    if job["status"] != "running":
+        return "already_done"
+    cur.execute(
+        "SELECT next_offset FROM lead_imports WHERE id = %(id)s FOR UPDATE", {"id": state["id"]}
+    )
+    row = cur.fetchone()
+    if row is None or row["next_offset"] != state["next_offset"]:
+        return "busy"  # another worker committed this chunk meanwhile
+    imported = leads.insert_imported(
+        cur,
+        ports.cipher,
+        ports.blind_index,
+        clinic_id=state["clinic_id"],
+        import_id=state["id"],
+        source=state["source"],
+        rows=window.rows,
+        request_id=None,
+    )
+    if window.errors:
+        cur.execute(
+            """INSERT INTO lead_import_errors (import_id, line, reason)
+               SELECT %(id)s, line, reason FROM unnest(%(lines)s::int[], %(reasons)s::text[])
+                   AS e(line, reason)
+               ON CONFLICT DO NOTHING""",
+            {
+                "id": state["id"],
+                "lines": [line for line, _ in window.errors],
+                "reasons": [reason for _, reason in window.errors],
+            },
+        )
+    state["next_offset"] += window.consumed
+    state["next_line"] += window.lines
+    state["rows_done"] += window.records
+    state["rows_imported"] += imported
+    state["error_count"] += len(window.errors)
+    state["chunks_done"] += 1
+    if at_eof:
+        state["rows_total"] = state["rows_done"]
+    cur.execute(
+        """UPDATE lead_imports
+           SET next_offset = %(next_offset)s, next_line = %(next_line)s,
+               rows_done = %(rows_done)s, rows_imported = %(rows_imported)s,
+               error_count = %(error_count)s, chunks_done = %(chunks_done)s,
+               rows_total = %(rows_total)s, updated_at = now(),
+               finished_at = CASE WHEN %(eof)s THEN now() END
+           WHERE id = %(id)s""",
+        {**state, "eof": at_eof},
+    )
+    cur.execute(
+        """SELECT line, reason FROM lead_import_errors WHERE import_id = %(id)s
+           ORDER BY line LIMIT %(limit)s""",
+        {"id": state["id"], "limit": _ERRORS_SHOWN},
+    )
+    errors = [dict(row) for row in cur.fetchall()]
+    result = _result(
+        state["id"],
+        state["rows_total"],
+        state["rows_done"],
+        state["rows_imported"],
+        state["error_count"],
+        errors,
+    )
+    if at_eof:
+        jobs.set_progress(cur, state["job_id"], percent=100, message=_message(state))
+        jobs.finish(cur, state["job_id"], status="succeeded", result=result)
+        logger.info(
+            "import finished",
+            extra={"import_id": str(state["id"]), "rows": state["rows_done"]},
+        )
+        return "succeeded"
+    percent = int(99 * state["next_offset"] / max(1, state["size_bytes"]))
+    jobs.set_progress(cur, state["job_id"], percent=percent, message=_message(state), result=result)
+    return "continued" if last else "next"
+
+
+def _message(state: dict[str, Any]) -> str:
+    return (
+        f"{state['rows_done']}/{state['rows_total']} rows, {state['rows_imported']} imported, "
+        f"{state['error_count']} errors"
+    )

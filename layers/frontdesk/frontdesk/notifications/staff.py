@@ -1,0 +1,331 @@
+"""Notifications: one email per notification id, however often its message arrives.
+
+A batch of queue messages is handled set-based, in three steps whatever its size:
+(1) one short transaction starts the batch's jobs and claims their delivery rows;
+(2) one SES SendBulkTemplatedEmail call sends every claimed email, with no transaction
+open; (3) one short transaction marks the deliveries sent and the jobs succeeded (or
+records each failure). A redelivered message finds its job finished or its delivery sent
+and sends nothing. The one window left is a crash between (2) and (3): the claims expire
+and the redelivered messages send again. SES has no idempotency token to close it, so it
+is kept as short as one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from frontdesk.platform import jobs
+from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.queues import parse_message
+
+_CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
+SES_BULK_LIMIT = 50  # destinations per SendBulkTemplatedEmail call
+
+
+class NotifyMessage(BaseModel):
+    """The body of a notifications queue message (written by outbox.enqueue_job_message)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: UUID = Field(alias="jobId")
+    kind: Literal["notify.lead_created"]
+    clinic_id: UUID = Field(alias="clinicId")
+
+    @classmethod
+    def parse(cls, body: str) -> NotifyMessage:
+        return parse_message(cls, body, "notify")
+
+
+class TransientDeliveryError(Exception):
+    """Worth retrying: the message fails and SQS redelivers it after the visibility timeout."""
+
+
+class PermanentDeliveryError(Exception):
+    """Retrying cannot help (a rejected address): the job fails at once."""
+
+
+@dataclass(frozen=True)
+class Email:
+    to: str
+    data: dict[str, str]  # the template's placeholders
+
+
+class Mailer(Protocol):
+    def send_templated(
+        self, *, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
+        """Send each email; per email, the provider's message id or the error."""
+        ...
+
+
+class SesMailer:
+    """SES SendBulkTemplatedEmail: one call for up to 50 emails, a status for each."""
+
+    _PERMANENT = frozenset(
+        {
+            "MessageRejected",
+            "MailFromDomainNotVerified",
+            "MailFromDomainNotVerifiedException",
+            "InvalidParameterValue",
+            "TemplateDoesNotExist",
+            "InvalidTemplate",
+            "AccountSendingPausedException",
+        }
+    )
+
+    def send_templated(
+        self, *, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
+        results: list[str | Exception] = []
+        for start in range(0, len(emails), SES_BULK_LIMIT):
+            results += self._send_chunk(sender, template, emails[start : start + SES_BULK_LIMIT])
+        return results
+
+    def _send_chunk(
+        self, sender: str, template: str, emails: Sequence[Email]
+    ) -> list[str | Exception]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from frontdesk.platform.aws import client
+
+        try:
+            answer = client("ses").send_bulk_templated_email(
+                Source=sender,
+                Template=template,
+                DefaultTemplateData="{}",
+                Destinations=[
+                    {
+                        "Destination": {"ToAddresses": [email.to]},
+                        "ReplacementTemplateData": json.dumps(email.data),
+                    }
+                    for email in emails
+                ],
+            )
+        except ClientError as exc:
+            error = self._error(exc.response.get("Error", {}).get("Code", "Unknown"))
+            return [error] * len(emails)
+        except BotoCoreError as exc:
+            unreachable = TransientDeliveryError(f"SES unreachable ({type(exc).__name__})")
+            return [unreachable] * len(emails)
+        return [
+            status["MessageId"]
+            if status.get("MessageId") and status.get("Status", "Success") == "Success"
+            else self._error(status)
+            for status in answer["Status"]
+        ]
+
+    def _error(self, status: Mapping[str, Any] | str) -> Exception:
+        code = status if isinstance(status, str) else str(status.get("Status", "Unknown"))
+        if code in self._PERMANENT:
+            return PermanentDeliveryError(f"SES refused the email ({code})")
+        return TransientDeliveryError(f"SES error ({code})")
+
+
+Outcome = Literal["sent", "already_done", "failed"]
+
+
+def deliver_batch(
+    db: Database,
+    mailer: Mailer,
+    messages: Mapping[str, NotifyMessage],
+    *,
+    sender: str,
+    template: str,
+    last_attempts: frozenset[str] = frozenset(),
+) -> dict[str, Outcome | TransientDeliveryError]:
+    """Send what each message (keyed by its SQS message id) asks for, once.
+
+    Returns per message id an outcome, or the TransientDeliveryError to fail its record
+    with (SQS redelivers it). Messages in `last_attempts` mark their job dead instead.
+    """
+    results: dict[str, Outcome | TransientDeliveryError] = {}
+    first_of_job: dict[UUID, str] = {}
+    for message_id, message in messages.items():
+        if message.job_id in first_of_job:
+            results[message_id] = "already_done"  # the same job twice in one batch
+        else:
+            first_of_job[message.job_id] = message_id
+    if not first_of_job:
+        return results
+
+    with transaction(db) as cur:
+        claimed, done, busy = _start_and_claim(cur, first_of_job, messages)
+    for job_id in done:
+        results[first_of_job[job_id]] = "already_done"
+    for job_id in busy:
+        results[first_of_job[job_id]] = TransientDeliveryError(
+            "another worker is sending this notification"
+        )
+    if not claimed:
+        return results
+
+    job_ids = list(claimed)
+    emails = [claimed[job_id] for job_id in job_ids]
+    sent = mailer.send_templated(sender=sender, template=template, emails=emails)
+
+    with transaction(db) as cur:
+        _record(cur, job_ids, sent, {first_of_job[j]: j for j in job_ids}, last_attempts)
+    for job_id, outcome in zip(job_ids, sent, strict=True):
+        message_id = first_of_job[job_id]
+        if isinstance(outcome, TransientDeliveryError):
+            results[message_id] = outcome
+        elif isinstance(outcome, Exception):
+            results[message_id] = "failed"
+        else:
+            results[message_id] = "sent"
+    return results
+
+
+def _start_and_claim(
+    cur: Cursor, first_of_job: dict[UUID, str], messages: Mapping[str, NotifyMessage]
+) -> tuple[dict[UUID, Email], list[UUID], list[UUID]]:
+    """Start the jobs, fail the unsendable, claim the rest: (to send, already done, busy)."""
+    job_ids = list(first_of_job)
+    clinic_ids = [messages[first_of_job[job_id]].clinic_id for job_id in job_ids]
+    cur.execute(
+        """WITH batch AS (
+               SELECT * FROM unnest(%(job_ids)s::uuid[], %(clinic_ids)s::uuid[])
+                   AS b(job_id, clinic_id)),
+           started AS (
+               UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                      started_at = coalesce(started_at, now()), updated_at = now()
+               FROM batch
+               WHERE jobs.id = batch.job_id AND jobs.clinic_id = batch.clinic_id
+                 AND jobs.status IN ('queued', 'running')
+               RETURNING jobs.id, jobs.clinic_id, jobs.payload)
+           SELECT started.id, started.clinic_id, c.notify_email,
+                  l.id AS lead_id, l.source, l.created_at
+           FROM started
+           JOIN clinics c ON c.id = started.clinic_id
+           LEFT JOIN leads l ON l.id = (started.payload ->> 'leadId')::uuid
+                            AND l.clinic_id = started.clinic_id""",
+        {"job_ids": job_ids, "clinic_ids": clinic_ids},
+    )
+    # Jobs not started are finished, cancelled, or not that clinic's: nothing to do, ever.
+    started = {row["id"]: row for row in cur.fetchall()}
+    done = [job_id for job_id in job_ids if job_id not in started]
+
+    unsendable = {job_id: _unsendable(row) for job_id, row in started.items()}
+    failed = {job_id: reason for job_id, reason in unsendable.items() if reason}
+    if failed:
+        jobs.finish_many(cur, list(failed), "failed", errors=list(failed.values()))
+        done += list(failed)
+    sendable = [job_id for job_id in started if job_id not in failed]
+    if not sendable:
+        return {}, done, []
+
+    cur.execute(
+        """INSERT INTO notification_deliveries
+               (notification_id, clinic_id, job_id, channel, status, claimed_until)
+           SELECT job_id::text || ':email', clinic_id, job_id, 'email', 'sending',
+                  now() + make_interval(secs => %(claim)s)
+           FROM unnest(%(job_ids)s::uuid[], %(clinic_ids)s::uuid[]) AS b(job_id, clinic_id)
+           ON CONFLICT (notification_id) DO UPDATE
+               SET status = 'sending', claimed_until = excluded.claimed_until,
+                   attempts = notification_deliveries.attempts + 1
+               WHERE notification_deliveries.status = 'failed'
+                  OR (notification_deliveries.status = 'sending'
+                      AND notification_deliveries.claimed_until < now())
+           RETURNING job_id""",
+        {
+            "job_ids": sendable,
+            "clinic_ids": [started[job_id]["clinic_id"] for job_id in sendable],
+            "claim": _CLAIM_SECONDS,
+        },
+    )
+    claimed_ids = {row["job_id"] for row in cur.fetchall()}
+    unclaimed = [job_id for job_id in sendable if job_id not in claimed_ids]
+    busy: list[UUID] = []
+    if unclaimed:
+        # Sent already (a crash after sending, before the job was finished), or being sent.
+        cur.execute(
+            """SELECT job_id FROM notification_deliveries
+               WHERE job_id = ANY(%(ids)s) AND channel = 'email' AND status = 'sent'""",
+            {"ids": unclaimed},
+        )
+        already_sent = [row["job_id"] for row in cur.fetchall()]
+        if already_sent:
+            jobs.finish_many(
+                cur, already_sent, "succeeded", results=[{"channel": "email"}] * len(already_sent)
+            )
+        done += already_sent
+        busy = [job_id for job_id in unclaimed if job_id not in already_sent]
+
+    emails = {
+        job_id: Email(
+            to=started[job_id]["notify_email"],
+            data={
+                "source": started[job_id]["source"],
+                "createdAt": f"{started[job_id]['created_at']:%Y-%m-%d %H:%M}",
+                "leadId": str(started[job_id]["lead_id"]),
+            },
+        )
+        for job_id in sendable
+        if job_id in claimed_ids
+    }
+    return emails, done, busy
+
+
+def _record(
+    cur: Cursor,
+    job_ids: list[UUID],
+    sent: list[str | Exception],
+    message_of: dict[str, UUID],
+    last_attempts: frozenset[str],
+) -> None:
+    ok = [(job_id, mid) for job_id, mid in zip(job_ids, sent, strict=True) if isinstance(mid, str)]
+    if ok:
+        cur.execute(
+            """UPDATE notification_deliveries d
+               SET status = 'sent', sent_at = now(), provider_message_id = s.mid, error = NULL
+               FROM unnest(%(ids)s::uuid[], %(mids)s::text[]) AS s(job_id, mid)
+               WHERE d.notification_id = s.job_id::text || ':email'""",
+            {"ids": [j for j, _ in ok], "mids": [m for _, m in ok]},
+        )
+        jobs.finish_many(
+            cur,
+            [j for j, _ in ok],
+            "succeeded",
+            results=[{"channel": "email", "messageId": m} for _, m in ok],
+        )
+    failures = [(j, e) for j, e in zip(job_ids, sent, strict=True) if isinstance(e, Exception)]
+    if not failures:
+        return
+    cur.execute(
+        """UPDATE notification_deliveries d
+           SET status = 'failed', claimed_until = NULL, error = f.error
+           FROM unnest(%(ids)s::uuid[], %(errors)s::text[]) AS f(job_id, error)
+           WHERE d.notification_id = f.job_id::text || ':email'""",
+        {"ids": [j for j, _ in failures], "errors": [str(e) for _, e in failures]},
+    )
+    last_jobs = {message_of[m] for m in last_attempts if m in message_of}
+    by_status: dict[str, list[tuple[UUID, Exception]]] = {"failed": [], "dead": [], "retry": []}
+    for job_id, error in failures:
+        if isinstance(error, PermanentDeliveryError):
+            by_status["failed"].append((job_id, error))
+        elif job_id in last_jobs:
+            # The last attempt: SQS dead-letters the message next; the job is dead until replayed.
+            by_status["dead"].append((job_id, error))
+        else:
+            by_status["retry"].append((job_id, error))
+    for status in ("failed", "dead"):
+        if by_status[status]:
+            ids, errors = zip(*by_status[status], strict=True)
+            jobs.finish_many(cur, list(ids), status, errors=[str(e) for e in errors])
+    if by_status["retry"]:
+        ids, errors = zip(*by_status["retry"], strict=True)
+        jobs.record_errors(cur, list(ids), [str(e) for e in errors])
+
+
+def _unsendable(job: Mapping[str, Any]) -> str | None:
+    if job["lead_id"] is None:
+        return "the lead of this notification does not exist"
+    if not job["notify_email"]:
+        return "the clinic has no notification email address"
+    return None

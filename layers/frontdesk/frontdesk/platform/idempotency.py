@@ -1,0 +1,111 @@
+"""Idempotency-Key: a retried POST returns the first result and writes nothing new.
+
+The key row is inserted in the same transaction as the POST's effect. A concurrent
+request with the same key blocks on the primary key until the first commits (then it
+finds the stored result) or rolls back (then it proceeds as the first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from frontdesk.errors import IdempotencyKeyReused, InvalidInput
+from frontdesk.platform.db import Cursor, Database, transaction
+
+MAX_KEY_LENGTH = 255
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class IdempotencyRequest:
+    key: str
+    request_hash: bytes
+
+    @classmethod
+    def of(cls, key: str | None, operation: str, body: Any) -> IdempotencyRequest | None:
+        """From the header value and the validated request (its canonical JSON form)."""
+        if key is None:
+            return None
+        if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+            raise InvalidInput(
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
+            )
+        canonical = json.dumps([operation, body], sort_keys=True, default=str).encode()
+        return cls(key, hashlib.sha256(canonical).digest())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int
+    data: dict[str, Any]
+    replayed: bool
+
+
+def run_once(
+    cur: Cursor,
+    clinic_id: UUID,
+    request: IdempotencyRequest | None,
+    status_code: int,
+    write: Callable[[], tuple[dict[str, Any], T]],
+    nothing: T,
+) -> tuple[Outcome, T]:
+    """Run `write` unless this key already ran; return its data and its extra value.
+
+    `write` returns (data for the response, extra value for the caller such as outbox ids);
+    a replay returns the stored data and `nothing` as the extra value.
+    """
+    if request is None:
+        data, extra = write()
+        return Outcome(status_code, data, replayed=False), extra
+    cur.execute(
+        """INSERT INTO idempotency_keys (clinic_id, key, request_hash)
+           VALUES (%(clinic_id)s, %(key)s, %(hash)s)
+           ON CONFLICT (clinic_id, key) DO NOTHING
+           RETURNING key""",
+        {"clinic_id": clinic_id, "key": request.key, "hash": request.request_hash},
+    )
+    if cur.fetchone() is None:
+        cur.execute(
+            """SELECT request_hash, status_code, response FROM idempotency_keys
+               WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
+            {"clinic_id": clinic_id, "key": request.key},
+        )
+        stored = cur.fetchone()
+        assert stored is not None  # committed by the request that inserted it
+        if bytes(stored["request_hash"]) != request.request_hash:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request body"
+            )
+        return Outcome(stored["status_code"], stored["response"], replayed=True), nothing
+    data, extra = write()
+    cur.execute(
+        """UPDATE idempotency_keys SET status_code = %(status)s, response = %(response)s
+           WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
+        {
+            "clinic_id": clinic_id,
+            "key": request.key,
+            "status": status_code,
+            "response": Jsonb(data),
+        },
+    )
+    return Outcome(status_code, data, replayed=False), extra
+
+
+def purge_expired(db: Database, retention_hours: int = 24, limit: int = 10_000) -> int:
+    """Forget keys older than the retention (a retry after that is a new request)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM idempotency_keys
+                   WHERE created_at < now() - make_interval(hours => %(hours)s)
+                   LIMIT %(limit)s))""",
+            {"hours": retention_hours, "limit": limit},
+        )
+        return cur.rowcount

@@ -1,0 +1,203 @@
+"""Provider webhooks: signature check over the raw body, then one transaction that records
+the delivery (its id is the replay guard), creates the sync job and writes its outbox row.
+
+Signature header (Stripe-style): `Webhook-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>]`
+where v1 = HMAC-SHA256(secret, "<t>." + raw body). Several v1 values let a provider sign
+with an old and a new secret while rotating. The timestamp must be within the tolerance
+(300 s) in either direction; the comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from frontdesk.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from frontdesk.platform import jobs, outbox
+from frontdesk.platform.crypto import EnvelopeCipher
+from frontdesk.platform.db import Database, transaction
+from frontdesk.sync import accounts as provider_accounts
+from frontdesk.sync.providers import RESOURCES
+
+SIGNATURE_HEADER = "Webhook-Signature"
+SYNC_FETCH_JOB = "sync.fetch"
+_MAX_HEADER_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Signature:
+    timestamp: int
+    signatures: tuple[bytes, ...]
+
+
+def parse_signature(header: str | None) -> Signature:
+    """`t=...,v1=...`: Unauthorized when absent or malformed (unknown schemes are ignored)."""
+    if not header or len(header) > _MAX_HEADER_LENGTH:
+        raise Unauthorized(f"a {SIGNATURE_HEADER} header is required")
+    timestamp: int | None = None
+    signatures: list[bytes] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            raise Unauthorized(f"malformed {SIGNATURE_HEADER} header")
+        if key == "t":
+            if timestamp is not None or not value.isascii() or not value.isdigit():
+                raise Unauthorized(f"malformed {SIGNATURE_HEADER} timestamp")
+            timestamp = int(value)
+        elif key == "v1":
+            try:
+                signatures.append(bytes.fromhex(value))
+            except ValueError:
+                raise Unauthorized(f"malformed {SIGNATURE_HEADER} signature") from None
+    if timestamp is None or not signatures:
+        raise Unauthorized(f"{SIGNATURE_HEADER} needs t= and v1=")
+    return Signature(timestamp, tuple(signatures))
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The header value a provider sends (the fake provider and tests use it too)."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body).hex()}"
+
+
+def _mac(secret: bytes, timestamp: int, body: bytes) -> bytes:
+    return hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).digest()
+
+
+def check_timestamp(signature: Signature, *, now: float, tolerance_seconds: int) -> None:
+    age = now - signature.timestamp
+    if age > tolerance_seconds:
+        raise Unauthorized("the webhook timestamp is too old")
+    if age < -tolerance_seconds:
+        raise Unauthorized("the webhook timestamp is in the future")
+
+
+def verify(secret: bytes, signature: Signature, body: bytes) -> None:
+    expected = _mac(secret, signature.timestamp, body)
+    # compare_digest against every candidate, without stopping early.
+    matched = False
+    for candidate in signature.signatures:
+        matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise Unauthorized("the webhook signature does not match")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    type: str
+    resource: str
+    external_id: str
+
+
+def parse_delivery(body: bytes) -> Delivery:
+    """The signed body: {"id", "type", "resource": "lead"|"booking", "resourceId"}."""
+    try:
+        data: Any = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        delivery = Delivery(
+            id=str(data["id"]),
+            type=str(data.get("type", "")),
+            resource=str(data["resource"]),
+            external_id=str(data["resourceId"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput("the webhook body needs id, resource and resourceId") from None
+    if delivery.resource not in RESOURCES:
+        raise InvalidInput(f"resource must be one of {', '.join(RESOURCES)}")
+    if not 1 <= len(delivery.id) <= 200 or not 1 <= len(delivery.external_id) <= 200:
+        raise InvalidInput("id and resourceId must have 1 to 200 characters")
+    return delivery
+
+
+@dataclass(frozen=True)
+class Accepted:
+    delivery_id: str
+    job_id: UUID
+    duplicate: bool
+
+
+def accept(
+    db: Database,
+    cipher: EnvelopeCipher,
+    publisher: outbox.Publisher,
+    *,
+    provider: str,
+    account_id: UUID,
+    body: bytes,
+    signature_header: str | None,
+    request_id: str | None,
+    tolerance_seconds: int,
+    now: float | None = None,
+) -> Accepted:
+    """Verify, then record the delivery and enqueue its sync job in one transaction.
+
+    Nothing here calls the provider: the answer depends on the database only.
+    """
+    signature = parse_signature(signature_header)
+    check_timestamp(
+        signature, now=time.time() if now is None else now, tolerance_seconds=tolerance_seconds
+    )
+    account = provider_accounts.webhook_account(db, cipher, account_id=account_id)
+    if account is None or account.provider != provider:
+        raise NotFound("no such provider account")
+    verify(account.webhook_secret, signature, body)
+    if account.status == "disabled":
+        raise Forbidden("this provider account is disabled")
+    delivery = parse_delivery(body)
+    with transaction(db) as cur:
+        cur.execute(
+            """INSERT INTO webhook_deliveries
+                   (account_id, delivery_id, clinic_id, via, resource, external_id)
+               VALUES (%(account)s, %(delivery)s, %(clinic)s, 'webhook', %(resource)s,
+                       %(external_id)s)
+               ON CONFLICT (account_id, delivery_id) DO NOTHING
+               RETURNING delivery_id""",
+            {
+                "account": account_id,
+                "delivery": delivery.id,
+                "clinic": account.clinic_id,
+                "resource": delivery.resource,
+                "external_id": delivery.external_id,
+            },
+        )
+        if cur.fetchone() is None:
+            cur.execute(
+                """SELECT job_id FROM webhook_deliveries
+                   WHERE account_id = %(account)s AND delivery_id = %(delivery)s""",
+                {"account": account_id, "delivery": delivery.id},
+            )
+            row = cur.fetchone()
+            assert row is not None
+            return Accepted(delivery.id, row["job_id"], duplicate=True)
+        job_id = jobs.create_job(
+            cur,
+            clinic_id=account.clinic_id,
+            kind=SYNC_FETCH_JOB,
+            payload={
+                "accountId": str(account_id),
+                "items": [{"resource": delivery.resource, "externalId": delivery.external_id}],
+                "deliveryId": delivery.id,
+            },
+            request_id=request_id,
+        )
+        cur.execute(
+            """UPDATE webhook_deliveries SET job_id = %(job)s
+               WHERE account_id = %(account)s AND delivery_id = %(delivery)s""",
+            {"job": job_id, "account": account_id, "delivery": delivery.id},
+        )
+        outbox_id = outbox.enqueue_job_message(
+            cur,
+            queue="sync",
+            job_id=job_id,
+            kind=SYNC_FETCH_JOB,
+            clinic_id=account.clinic_id,
+            request_id=request_id,
+        )
+    outbox.relay(db, [outbox_id], publisher)
+    return Accepted(delivery.id, job_id, duplicate=False)
