@@ -133,7 +133,7 @@ def main() -> None:
         url = pg.fresh_database("bench_appointments")
         export_stack(moto, url)
         clinic = seed_clinic()
-        database = db.get_database()
+        database = db.get_services().database
         hours = [doctors.WorkingHours(weekday=d, start="00:00", end="23:30") for d in range(1, 8)]
         spec = doctors.DoctorIn(name="Dr. Bench", slotMinutes=30, workingHours=hours)
         doctor = uuid.UUID(
@@ -215,7 +215,7 @@ def main() -> None:
 
         # 2. Contention: 50 bookings of one slot at the same moment.
         contested = slot(10, today + timedelta(days=300))
-        db.get_database().close()
+        db.get_services().database.close()
         pool = db.PooledDatabase(url, max_size=CONTENDERS)
         db.set_database(pool)
         with stdout_to_devnull():

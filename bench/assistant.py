@@ -73,8 +73,7 @@ def blocking_handler() -> Any:
     """ApiFunction's app plus a blocking variant of the ask route, behind Mangum."""
     from mangum import Mangum
 
-    from frontdesk.config import get_settings
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
     from frontdesk.web.app import create_app
     from frontdesk.web.http import envelope
     from frontdesk.web.routes.assistant import _budget, publisher
@@ -86,7 +85,7 @@ def blocking_handler() -> Any:
     def ask_and_wait(
         request: Request, staff: Staff, conversation_id: uuid.UUID, body: assistant.QuestionIn
     ) -> JSONResponse:
-        db = get_database()
+        db = get_services().database
         outcome = assistant.ask(
             db,
             publisher(),
@@ -96,7 +95,7 @@ def blocking_handler() -> Any:
             budget=_budget(),
             request_id=request.state.request_id,
         )
-        settings = get_settings()
+        settings = get_services().settings
         message = assistant.ReplyJobMessage.model_validate(
             {
                 "jobId": outcome.data["jobId"],
@@ -179,11 +178,11 @@ def new_conversation(api: Any, clinic_id: uuid.UUID) -> str:
 
 
 def purge_llm_queue() -> None:
-    from frontdesk.config import get_settings
     from frontdesk.platform.aws import client
+    from frontdesk.services import get_services
 
     sqs = client("sqs")
-    url = get_settings().llm_queue_url
+    url = get_services().settings.llm_queue_url
     while sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
         sqs.purge_queue(QueueUrl=url)
 

@@ -229,10 +229,10 @@ def export_stack(moto: Moto, database_url: str) -> Any:
 
 def seed_clinic() -> uuid.UUID:
     from frontdesk.clinics import create_clinic
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
     return create_clinic(
-        get_database(), name="Bench clinic", notify_email=NOTIFY_EMAIL, form_key=FORM_KEY
+        get_services().database, name="Bench clinic", notify_email=NOTIFY_EMAIL, form_key=FORM_KEY
     )
 
 

@@ -171,7 +171,7 @@ def main() -> None:
             zip(("appointments", "leads", "messages", "patients"), counts, strict=True)
         )
         log(f"generated {details['rows']} in {generate_s:.1f} s")
-        database = db.get_database()
+        database = db.get_services().database
         clinic = uuid.UUID(
             psycopg.connect(url).execute("SELECT md5('c1')::uuid").fetchone()[0].hex  # type: ignore[index]
         )
@@ -350,7 +350,7 @@ def main() -> None:
             }
         )
     finally:
-        db.get_database().close()
+        db.get_services().database.close()
         pg.drop_created()
         moto.server.stop()
     table = markdown_table(report.rows)

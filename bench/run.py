@@ -95,10 +95,10 @@ def lead_body(i: int) -> dict[str, Any]:
 def empty_notifications_queue() -> None:
     """moto's SendMessageBatch gets slower with every message in the queue (about 7 ms
     empty, 37 ms at 1,000 messages); SQS's does not. Purged, untimed, before each call."""
-    from frontdesk.config import get_settings
     from frontdesk.platform.aws import client
+    from frontdesk.services import get_services
 
-    client("sqs").purge_queue(QueueUrl=get_settings().notifications_queue_url)
+    client("sqs").purge_queue(QueueUrl=get_services().settings.notifications_queue_url)
 
 
 def time_handler_posts(count: int) -> list[float]:
@@ -159,10 +159,10 @@ def time_bare_inserts(database_url: str, clinic_id: uuid.UUID, count: int) -> li
 def time_moto_round_trips(count: int) -> list[float]:
     """Seconds per pair of the calls one POST's outbox relay makes (SQS send_message_batch
     of one entry + EventBridge put_events of one entry), with the functions' own clients."""
-    from frontdesk.config import get_settings
     from frontdesk.platform.aws import client
+    from frontdesk.services import get_services
 
-    settings = get_settings()
+    settings = get_services().settings
     sqs, events = client("sqs"), client("events")
     seconds: list[float] = []
     for i in range(count):
@@ -549,10 +549,10 @@ def bench_ses_reference(calls: int) -> tuple[str, float]:
     """(what was called, seconds per call): the SES call NotifyWorker makes for one batch,
     bare, with the functions' own client: SendBulkTemplatedEmail to a batch's worth of
     destinations when a template is configured, else one SendEmail."""
-    from frontdesk.config import get_settings
     from frontdesk.platform.aws import client
+    from frontdesk.services import get_services
 
-    settings = get_settings()
+    settings = get_services().settings
     ses = client("ses")
     template = getattr(settings, "new_lead_email_template", None)
     started = time.perf_counter()

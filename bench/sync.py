@@ -61,8 +61,9 @@ def generated_csv(rows: int) -> bytes:
 
 def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
     from frontdesk.platform.crypto import get_cipher
-    from frontdesk.platform.db import get_database, transaction
+    from frontdesk.platform.db import transaction
     from frontdesk.platform.outbox import default_publisher
+    from frontdesk.services import get_services
     from frontdesk.sync import accounts as provider_accounts
     from local.fake_provider import FakeProvider
     from tests.support import LambdaContext, http_event
@@ -74,7 +75,7 @@ def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
         webhookSecret=SECRET,
     )
     saved = provider_accounts.create_account(
-        get_database(),
+        get_services().database,
         get_cipher(),
         default_publisher(),
         clinic_id=clinic_id,
@@ -82,7 +83,7 @@ def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
         request_id=None,
         allow_http=True,
     )
-    with transaction(get_database()) as cur:
+    with transaction(get_services().database) as cur:
         provider_accounts.set_status(cur, uuid.UUID(saved["id"]), "active", None)
     path = f"/webhooks/generic/{saved['id']}"
     fake = FakeProvider()  # used only to build and sign bodies, not started
@@ -240,9 +241,9 @@ def import_worker() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from frontdesk.platform.crypto import get_blind_index, get_cipher
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
-    get_database(), get_cipher().data_key(), get_blind_index()  # warm, as a container is
+    get_services().database, get_cipher().data_key(), get_blind_index()  # warm, as a container is
     before = _status_mb("VmRSS")
     # Linux: reset the peak (VmHWM) to the current RSS, so the peak is the import's.
     with contextlib.suppress(OSError):

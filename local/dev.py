@@ -154,26 +154,25 @@ class DevRuntime:
             JWT_ISSUER=authorizer.issuer,
             JWT_AUDIENCE=authorizer.audiences[0],
         )
-        from frontdesk import config
-        from frontdesk.platform.db import PooledDatabase, set_database
+        from frontdesk.config import Settings
+        from frontdesk.platform.db import PooledDatabase
+        from frontdesk.services import Services, use_services
 
-        config.get_settings.cache_clear()
-        settings = config.get_settings()
-        set_database(
-            PooledDatabase(
-                database_url,
-                settings.db_connect_timeout_seconds,
-                settings.db_statement_timeout_ms,
-                settings.db_pool_max_size,
-            )
+        settings = Settings()
+        pool = PooledDatabase(
+            database_url,
+            settings.db_connect_timeout_seconds,
+            settings.db_statement_timeout_ms,
+            settings.db_pool_max_size,
         )
+        use_services(Services(settings, database=pool))
 
     def _seed(self) -> None:
         from frontdesk.clinics import create_clinic
-        from frontdesk.platform.db import get_database
+        from frontdesk.services import get_services
 
         create_clinic(
-            get_database(),
+            get_services().database,
             clinic_id=DEMO_CLINIC_ID,
             name="Demo Clinic",
             notify_email=DEMO_NOTIFY_EMAIL,
@@ -328,9 +327,9 @@ class DevRuntime:
             self._uvicorn.should_exit = True
         for thread in self.threads:
             thread.join(timeout=10)
-        from frontdesk.platform.db import get_database
+        from frontdesk.services import use_services
 
-        get_database().close()
+        use_services(None)
         if self._fake_provider is not None:
             self._fake_provider.stop()
         if self._moto is not None:

@@ -108,37 +108,40 @@ def load_handler(function_dir: str) -> ModuleType:
 
 
 def reset_process_state() -> None:
-    """Forget every per-container cache, as a new Lambda container would."""
-    from frontdesk import config
-    from frontdesk.assistant import llm
-    from frontdesk.platform import aws, crypto, db
-    from frontdesk.web.routes import appointments as routes_appointments
-    from frontdesk.web.routes import assistant as routes_assistant
-    from frontdesk.web.routes import leads as routes_leads
-    from frontdesk.workers import llm as assistant_worker
-    from frontdesk.workers import notify as workers
+    """Forget the container's services, as a new Lambda container would."""
+    from frontdesk.services import use_services
 
-    config.get_settings.cache_clear()
-    aws.client.cache_clear()
-    aws._session.cache_clear()
-    aws._secrets_provider.cache_clear()
-    crypto.reset()
-    routes_leads.lead_ports.cache_clear()
-    routes_appointments.ports.cache_clear()
-    routes_assistant.publisher.cache_clear()
-    assistant_worker.reset_model()
-    llm._bedrock_client.cache_clear()
-    workers._mailer.cache_clear()
-    _reset_sync_caches()
-    database = db._database
-    if database is not None:
-        database.close()
-    db.set_database(None)
+    use_services(None)
 
 
-def _reset_sync_caches() -> None:
-    from frontdesk.web.routes import sync as routes_sync
-    from frontdesk.workers import sync as sync_worker
+def use_test_services(**given: Any) -> Any:
+    """A new container's services with some of them replaced (settings read from the
+    environment now); returns the Services installed."""
+    from frontdesk.config import Settings
+    from frontdesk.services import Services, use_services
 
-    sync_worker.ports.cache_clear()
-    routes_sync.publisher.cache_clear()
+    services = Services(Settings(), **given)
+    use_services(services)
+    return services
+
+
+def unreachable_publisher(queue_urls: dict[str, str]) -> Any:
+    """An outbox publisher whose SQS and EventBridge endpoint nothing listens on."""
+    from frontdesk.config import Settings
+    from frontdesk.platform.aws import Aws
+    from frontdesk.platform.outbox import Publisher
+
+    dead = Aws(Settings(aws_endpoint_url="http://127.0.0.1:9"))
+    return Publisher(dead, queue_urls, "unused")
+
+
+# What every function needs to start, for tests that never reach AWS or the database
+# (a request that would is refused before it).
+UNREACHABLE_ENVIRONMENT = {
+    "DATABASE_URL": "postgresql://unit-tests.invalid:1/none",
+    "KMS_KEY_ID": "alias/unit-tests",
+    "BLIND_INDEX_KEY": "unit-tests-blind-index-key-of-32-bytes",
+    "NOTIFICATIONS_QUEUE_URL": "http://sqs.invalid/notifications",
+    "LLM_QUEUE_URL": "http://sqs.invalid/llm",
+    "SYNC_QUEUE_URL": "http://sqs.invalid/sync",
+}

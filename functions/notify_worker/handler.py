@@ -1,10 +1,5 @@
 """NotifyWorker: SQS notifications queue -> one email per notification, partial batch failures."""
 
-from frontdesk.observability import logger, metrics
-from frontdesk.workers.notify import handle_notifications
+from frontdesk.workers import notify
 
-
-@metrics.log_metrics
-@logger.inject_lambda_context
-def handler(event, context):  # type: ignore[no-untyped-def]
-    return handle_notifications(event, context)
+handler = notify.make_handler()

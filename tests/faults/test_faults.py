@@ -24,6 +24,8 @@ from tests.support import (
     http_response,
     load_handler,
     reset_process_state,
+    unreachable_publisher,
+    use_test_services,
 )
 
 
@@ -91,43 +93,23 @@ def lead_books(app: App, accepted: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def notify() -> Any:
-    return load_handler("notify_worker")
-
-
 # ---------------------------------------------------------------- SQS unreachable
 
 
 def test_sqs_unreachable_after_commit_the_sweeper_delivers_everything(
     app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frontdesk.config import get_settings
-    from frontdesk.platform import outbox
-    from frontdesk.web.routes import leads as routes_leads
-
     # Given SQS and EventBridge unreachable from the API right after its commits
-    dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
-    broken = outbox.Publisher(
-        {"notifications": app.queue_url("NotificationsQueue")},
-        "unused",
-        sqs=boto3.client("sqs", **dead),
-        events=boto3.client("events", **dead),
+    use_test_services(
+        publisher=unreachable_publisher({"notifications": app.queue_url("NotificationsQueue")})
     )
-    routes_leads.lead_ports.cache_clear()
-    monkeypatch.setattr(routes_leads, "default_publisher", lambda: broken)
     # When 100 leads are posted (each still answered 201) and nothing reached the queue
     accepted = post_leads(api, 100)
     assert queue_depth(app, "NotificationsQueue") == 0
     assert one(app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 200  # job + event
     # When SQS is back and the sweeper runs, then NotifyWorker drains the queue
     monkeypatch.setenv("OUTBOX_SWEEP_MIN_AGE_SECONDS", "0")
-    get_settings.cache_clear()
+    reset_process_state()
     swept = load_handler("outbox_sweeper").handler({}, LambdaContext())
     drain(app, "NotifyWorker", notify)
     # Then every accepted lead has exactly its job, delivery and email
@@ -169,9 +151,8 @@ def test_every_message_delivered_twice_the_books_still_balance(
 def test_a_poison_message_in_a_batch_of_ten_nine_succeed_and_it_is_dead_lettered(
     app: App, api: Any, notify: Any
 ) -> None:
-    from frontdesk.config import get_settings
     from frontdesk.ops import dead_letters
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
     # Given nine good messages and one poison message in one batch
     accepted = post_leads(api, 9)
@@ -184,9 +165,9 @@ def test_a_poison_message_in_a_batch_of_ten_nine_succeed_and_it_is_dead_lettered
     assert set(lead_books(app, accepted).values()) == {9}
     # And it is on the DLQ, listed with the worker's reason
     letters = dead_letters.list_dead_letters(
-        get_database(),
+        get_services().database,
         app.sqs(),
-        dead_letters.queues(get_settings().dead_letter_queues(), "notifications"),
+        dead_letters.queues(get_services().settings.dead_letter_queues(), "notifications"),
     )
     assert len(letters) == 1
     assert letters[0].reason == "malformed notify message (body: union_tag_invalid)"
@@ -265,7 +246,7 @@ def test_model_outage_opens_the_breaker_nothing_is_dead_lettered_all_answered_af
 
 _KILLED_WORKER = """
 import os, signal, boto3
-from frontdesk.notifications import staff as notifications
+from frontdesk.notifications import channels
 from local.sqs_source import poll_once
 from tests.support import LambdaContext, load_handler
 
@@ -273,7 +254,7 @@ def killed(self, **kwargs):
     # The claims are committed; the process dies before SES is called (SIGKILL: no cleanup).
     os.kill(os.getpid(), signal.SIGKILL)
 
-notifications.SesMailer.send_templated = killed
+channels.SesMailer.send_templated = killed
 notify = load_handler("notify_worker")
 poll_once(
     boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"]),

@@ -53,13 +53,16 @@ def test_postgres_restart_is_503_while_down_and_loses_no_accepted_request(
     own_postgres: tuple[Any, str], stack: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from frontdesk.clinics import create_clinic
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
     control, url = own_postgres
     monkeypatch.setenv("DATABASE_URL", url)
     reset_process_state()
     create_clinic(
-        get_database(), name="Restart clinic", notify_email="s@x.example", form_key=FORM_KEY
+        get_services().database,
+        name="Restart clinic",
+        notify_email="s@x.example",
+        form_key=FORM_KEY,
     )
     api = load_handler("api")
     outcomes: list[tuple[int, dict[str, str], Any]] = []

@@ -15,7 +15,7 @@ import pytest
 from local import mail
 from local.mail import SentEmail
 from local.sqs_source import poll_once
-from tests.support import LambdaContext, reset_process_state
+from tests.support import LambdaContext, load_handler, reset_process_state
 
 FORM_KEY = "fk_test_form_key"
 
@@ -127,13 +127,27 @@ class App:
 @pytest.fixture
 def app(stack: Any, moto_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
     from frontdesk.clinics import create_clinic
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     reset_process_state()
-    db = get_database()
+    db = get_services().database
     clinic = create_clinic(
         db, name="Test clinic", notify_email="staff@clinic.example", form_key=FORM_KEY
     )
     other = create_clinic(db, name="Other clinic", notify_email="staff@other.example")
     return App(stack, moto_url, database_url, clinic, other)
+
+
+# The functions' handlers, loaded as a new container would after the stack's environment is
+# set (each checks its settings when loaded).
+
+
+@pytest.fixture
+def api(app: App) -> Any:
+    return load_handler("api")
+
+
+@pytest.fixture
+def notify(app: App) -> Any:
+    return load_handler("notify_worker")

@@ -26,12 +26,13 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 
 @pytest.fixture
 def asgi_app(app: App, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from frontdesk import config
+    from frontdesk.services import get_services
     from frontdesk.web.app import create_app
+    from tests.support import reset_process_state
 
     monkeypatch.setenv("LOCAL_JWT_SECRET", SECRET)
-    config.get_settings.cache_clear()
-    return create_app()
+    reset_process_state()
+    return create_app(get_services().settings)
 
 
 @pytest.fixture

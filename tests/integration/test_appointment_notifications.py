@@ -8,23 +8,12 @@ import urllib.request
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.integration.conftest import App, sent_emails
 from tests.integration.test_appointments import DAY, at, booking, new_doctor, new_patient
 from tests.integration.test_appointments import call as call  # the fixture
 from tests.integration.test_lead_slice import drain_notifications
 from tests.support import LambdaContext, load_handler, sqs_event
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def notify() -> Any:
-    return load_handler("notify_worker")
 
 
 def sms_sent(moto_url: str) -> list[tuple[str, str]]:

@@ -16,7 +16,13 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import App
-from tests.support import LambdaContext, http_event, http_response, load_handler
+from tests.support import (
+    LambdaContext,
+    http_event,
+    http_response,
+    reset_process_state,
+    use_test_services,
+)
 
 PATIENT = {"name": "Ada Lovelace", "email": "ada@example.org", "phone": "+44 20 7946 0958"}
 HOURS = [{"weekday": day, "start": "08:00", "end": "18:00"} for day in range(1, 8)]
@@ -25,11 +31,6 @@ DAY = date.today() + timedelta(days=2)  # the clinic's calendar is UTC; always i
 
 def at(hour: int, minute: int = 0, day: date = DAY) -> str:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC).isoformat()
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
 
 
 Call = Callable[..., tuple[int, dict[str, str], Any]]
@@ -185,14 +186,11 @@ def test_refusals_write_nothing(app: App, call: Call, doctor: str, patient: str)
 def pooled(app: App) -> Iterator[None]:
     """The handler's database as a pool, so threads are concurrent transactions (a Lambda
     container has one connection; concurrent requests are concurrent containers)."""
-    from frontdesk.platform import db
+    from frontdesk.platform.db import PooledDatabase
 
-    db.get_database().close()  # the container's single connection, opened by `app`
-    pool = db.PooledDatabase(app.database_url, max_size=50)
-    db.set_database(pool)
+    use_test_services(database=PooledDatabase(app.database_url, max_size=50))
     yield
-    db.set_database(None)
-    pool.close()
+    reset_process_state()  # closes the pool
 
 
 def race(*calls: Callable[[], tuple[int, dict[str, str], Any]]) -> list[int]:

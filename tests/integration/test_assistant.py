@@ -22,18 +22,14 @@ from tests.support import (
     load_handler,
     reset_process_state,
     sqs_event,
+    use_test_services,
 )
 
 API_KEY = "sk-test-frontdesk"
 
 
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def worker() -> Any:
+@pytest.fixture
+def worker(app: App) -> Any:
     return load_handler("llm_worker")
 
 
@@ -396,9 +392,10 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
 
 def test_the_breaker_lets_one_probe_through_and_reopens_when_it_fails(chat: App) -> None:
     from frontdesk.platform import breaker
-    from frontdesk.platform.db import get_database, transaction
+    from frontdesk.platform.db import transaction
+    from frontdesk.services import get_services
 
-    db = get_database()
+    db = get_services().database
     with transaction(db) as cur:
         # Given an open breaker whose cool-down is over
         assert breaker.record_failure(cur, "p", threshold=1, cooldown_seconds=60) == "open"
@@ -424,9 +421,10 @@ def test_the_breaker_lets_one_probe_through_and_reopens_when_it_fails(chat: App)
 def test_duplicate_delivery_produces_one_reply(
     chat: App, api: Any, worker: Any, llm: FakeLlm
 ) -> None:
-    from frontdesk.assistant import conversations as assistant
+    from frontdesk.assistant import replies as assistant
     from frontdesk.assistant.llm import OfflineModel
     from frontdesk.platform.db import SingleConnectionDatabase
+    from frontdesk.platform.queues import JobMessage
 
     accepted = ask(api, chat)
     body = job_message_body(chat, accepted["jobId"])
@@ -438,7 +436,7 @@ def test_duplicate_delivery_produces_one_reply(
         result = assistant.answer(
             other_container,
             OfflineModel(),
-            assistant.ReplyJobMessage.parse(body),
+            JobMessage.model_validate_json(body),
             assistant.WorkerPolicy(100, 60, 20),
             timeout_seconds=2,
             last_attempt=False,
@@ -562,15 +560,15 @@ def test_budget_exceeded_is_refused_before_anything_is_enqueued(
 def test_no_transaction_is_open_while_the_worker_waits_for_the_model(
     chat: App, api: Any, worker: Any, llm: FakeLlm
 ) -> None:
-    from frontdesk.config import get_settings
-    from frontdesk.platform.db import PooledDatabase, set_database
+    from frontdesk.platform.db import PooledDatabase
+    from frontdesk.services import get_services
 
     # Given the worker on a pool, so a connection checked out during the call would show
-    settings = get_settings()
+    settings = get_services().settings
     pool = PooledDatabase(
         chat.database_url, settings.db_connect_timeout_seconds, settings.db_statement_timeout_ms, 2
     )
-    set_database(pool)
+    use_test_services(database=pool)
     accepted = ask(api, chat)
     seen: list[dict[str, Any]] = []
 

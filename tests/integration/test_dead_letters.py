@@ -11,7 +11,13 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import FORM_KEY, App, sent_emails
-from tests.support import LambdaContext, http_event, http_response, load_handler
+from tests.support import (
+    LambdaContext,
+    http_event,
+    http_response,
+    reset_process_state,
+    use_test_services,
+)
 
 PERSON = {"name": "Ada Lovelace", "email": "ada.lovelace@example.org", "consent": True}
 POISON = '{"jobId": "not-a-uuid", "kind": "notify.lead_created"}'
@@ -21,19 +27,9 @@ class DownMailer:
     """SES refusing every email for now (a throttle, an outage): each is worth retrying."""
 
     def send_templated(self, *, sender: str, template: str, emails: Sequence[Any]) -> list[Any]:
-        from frontdesk.notifications.staff import TransientDeliveryError
+        from frontdesk.notifications.channels import TransientDeliveryError
 
         return [TransientDeliveryError("ses throttled") for _ in emails]
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def notify() -> Any:
-    return load_handler("notify_worker")
 
 
 def call(
@@ -79,16 +75,13 @@ def dlq_depth(app: App) -> int:
 def dead(app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A lead whose email failed maxReceiveCount times (job dead) and a poison message,
     both on the notifications DLQ."""
-    from frontdesk.workers import notify as workers
-
-    monkeypatch.setattr(workers, "_mailer", DownMailer)
+    use_test_services(mailer=DownMailer())
     event = http_event("POST", "/public/leads", body=PERSON, headers={"x-form-key": FORM_KEY})
     status, _, created = http_response(api.handler(event, LambdaContext()))
     assert status == 201
     app.sqs().send_message(QueueUrl=app.queue_url("NotificationsQueue"), MessageBody=POISON)
     assert drain(app, notify) == 2 * 5  # each tried maxReceiveCount times
-    monkeypatch.undo()
-    workers._mailer.cache_clear()
+    reset_process_state()
     assert job_status(app, created["data"]["jobId"]) == "dead"
     return {"jobId": created["data"]["jobId"]}
 

@@ -16,16 +16,10 @@ from tests.support import (
     LambdaContext,
     http_event,
     http_response,
-    load_handler,
     reset_process_state,
 )
 
 LEAD = {"name": "Ada", "email": "ada@example.org", "consent": True}
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
 
 
 def post_lead(api: Any) -> tuple[int, dict[str, str], Any]:

@@ -10,12 +10,20 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
 
 from tests.integration.conftest import FORM_KEY, App, sent_emails
-from tests.support import LambdaContext, http_event, http_response, load_handler, sqs_event
+from tests.support import (
+    LambdaContext,
+    http_event,
+    http_response,
+    load_handler,
+    reset_process_state,
+    sqs_event,
+    unreachable_publisher,
+    use_test_services,
+)
 
 PERSON = {
     "name": "Grace Hopper",
@@ -24,16 +32,6 @@ PERSON = {
     "notes": "prefers mornings",
     "consent": True,
 }
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def notify() -> Any:
-    return load_handler("notify_worker")
 
 
 def call(api: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
@@ -210,27 +208,17 @@ def test_a_malformed_message_fails_alone_and_is_dead_lettered(
 def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
     app: App, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frontdesk.config import get_settings
-    from frontdesk.platform import outbox
-    from frontdesk.web.routes import leads as web_app
-
     # Given SQS and EventBridge unreachable for the request (nothing listens on port 9)
-    dead = {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}
-    broken = outbox.Publisher(
-        {"notifications": app.queue_url("NotificationsQueue")},
-        "unused",
-        sqs=boto3.client("sqs", **dead),
-        events=boto3.client("events", **dead),
+    use_test_services(
+        publisher=unreachable_publisher({"notifications": app.queue_url("NotificationsQueue")})
     )
-    web_app.lead_ports.cache_clear()
-    monkeypatch.setattr(web_app, "default_publisher", lambda: broken)
     # When a lead is posted, it still succeeds
     status, _, body = post_lead(api)
     assert status == 201
     assert rows(app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(2,)]
     # When the sweeper runs (here without the few seconds' grace it leaves the relay)
     monkeypatch.setenv("OUTBOX_SWEEP_MIN_AGE_SECONDS", "0")
-    get_settings.cache_clear()
+    reset_process_state()
     sweeper = load_handler("outbox_sweeper")
     assert sweeper.handler({}, LambdaContext())["sent"] == 2
     # Then everything is sent and the job's message is on the queue
@@ -240,9 +228,9 @@ def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
 
 
 def test_one_connection_is_reused_across_invocations(app: App, api: Any) -> None:
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
-    database = get_database()
+    database = get_services().database
     before = database.connects  # type: ignore[attr-defined]
     for _ in range(3):
         post_lead(api)

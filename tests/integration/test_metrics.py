@@ -208,9 +208,9 @@ def fixture(app: App) -> Fixture:
 
 def run(mode: str) -> Any:
     from frontdesk.dashboard import daily_metrics as metrics
-    from frontdesk.platform.db import get_database
+    from frontdesk.services import get_services
 
-    return metrics.run(get_database(), mode)  # type: ignore[arg-type]
+    return metrics.run(get_services().database, mode)  # type: ignore[arg-type]
 
 
 def all_rows(app: App) -> list[dict[str, Any]]:
@@ -371,11 +371,6 @@ def test_a_provider_update_to_an_old_lead_is_picked_up_by_the_next_run(
 
 
 # ---------------------------------------------------------------- the routes
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
 
 
 def get(

@@ -27,18 +27,13 @@ from tests.support import (
 SECRET = "whsec_test_secret_0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
-
-
-@pytest.fixture(scope="module")
-def worker() -> Any:
+@pytest.fixture
+def worker(app: App) -> Any:
     return load_handler("sync_worker")
 
 
-@pytest.fixture(scope="module")
-def poller() -> Any:
+@pytest.fixture
+def poller(app: App) -> Any:
     return load_handler("provider_poller")
 
 
@@ -437,7 +432,7 @@ def test_an_import_killed_mid_way_resumes_without_duplicates(
     _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
     job_id = accepted["data"]["jobId"]
     # When the worker dies inside its fourth chunk's transaction
-    from frontdesk.leads import intake as leads
+    from frontdesk.leads import imports as leads  # where the worker looks it up
 
     real_insert = leads.insert_imported
     calls = {"n": 0}
@@ -488,11 +483,9 @@ def test_an_import_is_cancelled_between_chunks(
     job_id = uuid.UUID(accepted["data"]["jobId"])
     from frontdesk.leads import imports
     from frontdesk.platform import jobs
-    from frontdesk.platform.crypto import get_blind_index, get_cipher
-    from frontdesk.platform.db import get_database
-    from frontdesk.platform.outbox import default_publisher
+    from frontdesk.services import get_services
 
-    db = get_database()
+    db = get_services().database
 
     def cancel_after_second_chunk(chunks_done: int) -> None:
         if chunks_done == 2:
@@ -500,8 +493,7 @@ def test_an_import_is_cancelled_between_chunks(
 
     # When staff cancel it while the worker runs
     outcome = imports.run(
-        db,
-        imports.ImportPorts(get_cipher(), get_blind_index(), default_publisher()),
+        get_services(),
         job_id=job_id,
         clinic_id=sync_app.clinic_id,
         chunk_bytes=1024,

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import App
-from tests.support import LambdaContext, http_event, http_response, load_handler
+from tests.support import LambdaContext, http_event, http_response
 
 HOURS = [{"weekday": day, "start": "08:00", "end": "18:00"} for day in range(1, 8)]
 DAY = date.today() + timedelta(days=2)
@@ -128,9 +128,10 @@ CASES: dict[tuple[str, str], Case] = {
 
 
 def spec_routes() -> set[tuple[str, str]]:
+    from frontdesk.config import Settings
     from frontdesk.web.app import create_app
 
-    spec = create_app().openapi()
+    spec = create_app(Settings()).openapi()
     return {
         (method.upper(), path)
         for path, operations in spec["paths"].items()
@@ -147,11 +148,6 @@ def test_every_route_has_a_case() -> None:
     # Then each is covered (a new route needs its case here) and no case is stale
     assert sorted(routes - covered) == [], "add a tenant-isolation case for these routes"
     assert sorted(covered - routes) == []
-
-
-@pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
 
 
 Caller = Callable[..., tuple[int, Any]]

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import LambdaContext, http_event, http_response, load_handler
+from tests.support import (
+    UNREACHABLE_ENVIRONMENT,
+    LambdaContext,
+    http_event,
+    http_response,
+    load_handler,
+    reset_process_state,
+)
 
 CLINIC = uuid.uuid4()
 
 
 @pytest.fixture(scope="module")
-def api() -> Any:
-    return load_handler("api")
+def api() -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in UNREACHABLE_ENVIRONMENT.items():
+            env.setenv(name, value)
+        reset_process_state()
+        yield load_handler("api")
+    reset_process_state()
 
 
 def call(api: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:

@@ -3,6 +3,7 @@ value or rejected with the parser's own error and a reason; nothing else escapes
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -75,16 +76,11 @@ bodies = (
 
 
 def _parsers() -> dict[str, Callable[[str], Any]]:
-    from frontdesk.assistant.conversations import ReplyJobMessage
-    from frontdesk.notifications.patients import parse_message
-    from frontdesk.notifications.staff import NotifyMessage
-    from frontdesk.workers.sync import SyncMessage
+    from frontdesk.platform.queues import Queue, parse
 
     return {
-        "NotifyMessage": NotifyMessage.parse,
-        "notifications queue (job, reminder, appointment event)": parse_message,
-        "ReplyJobMessage": ReplyJobMessage.parse,
-        "SyncMessage": SyncMessage.parse,
+        f"{queue.value} queue": functools.partial(parse, queue)
+        for queue in Queue  # every queue: a new one is fuzzed as soon as it exists
     }
 
 
@@ -109,13 +105,11 @@ def test_a_queue_message_parser_accepts_or_rejects_with_a_reason(name: str) -> N
 def test_valid_messages_are_accepted() -> None:
     job, clinic = str(uuid.uuid4()), str(uuid.uuid4())
     parsers = _parsers()
-    parsers["NotifyMessage"](
+    parsers["notifications queue"](
         json.dumps({"jobId": job, "kind": "notify.lead_created", "clinicId": clinic})
     )
-    parsers["ReplyJobMessage"](
-        json.dumps({"jobId": job, "kind": "assistant.reply", "clinicId": clinic})
-    )
-    parsers["SyncMessage"](json.dumps({"jobId": job, "kind": "sync.fetch", "clinicId": clinic}))
+    parsers["llm queue"](json.dumps({"jobId": job, "kind": "assistant.reply", "clinicId": clinic}))
+    parsers["sync queue"](json.dumps({"jobId": job, "kind": "sync.fetch", "clinicId": clinic}))
 
 
 signature_headers = (

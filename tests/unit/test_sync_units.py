@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from frontdesk.errors import InvalidInput, Unauthorized
+from frontdesk.leads.external import check_external
 from frontdesk.leads.imports import check_header, parse_window
-from frontdesk.leads.intake import check_external
 from frontdesk.sync.accounts import check_base_url
 from frontdesk.sync.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
 

@@ -1,12 +1,13 @@
 """Settings: one pydantic model, read from the environment and validated at cold start.
 
 Domain code receives a `Settings` (or the values it needs); only this module reads
-`os.environ`.
+`os.environ`. The container's settings live on its `Services`; each function names the
+settings it needs (`Settings.require`), checked when its handler module is imported.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -138,7 +139,30 @@ class Settings(BaseSettings):
                 routes[name] = (dlq, source)
         return routes
 
+    def require(self, function: str, needs: Iterable[str]) -> Settings:
+        """Check at cold start that the settings `function` needs are set ("database" and
+        "blind_index" accept either of their two settings). ConfigurationError names what is
+        missing."""
+        missing = []
+        for name in needs:
+            if name == "database":
+                if self.database_url is None and not self.database_secret_arn:
+                    missing.append("DATABASE_URL or DATABASE_SECRET_ARN")
+            elif name == "blind_index":
+                if self.blind_index_key is None and not self.blind_index_secret_arn:
+                    missing.append("BLIND_INDEX_SECRET_ARN or BLIND_INDEX_KEY")
+            elif name not in Settings.model_fields:
+                raise ValueError(f"{function} needs an unknown setting {name!r}")
+            elif getattr(self, name) in (None, ""):
+                missing.append(name.upper())
+        if missing:
+            raise ConfigurationError(
+                f"{function} cannot start: set {', '.join(missing)} in its environment"
+                " (template.yaml gives every function the variables it needs)"
+            )
+        return self
 
-@cache
-def get_settings() -> Settings:
-    return Settings()
+
+class ConfigurationError(RuntimeError):
+    """A function is missing settings it needs: it fails at cold start, not at the first
+    message."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from frontdesk.errors import NotFound
-from frontdesk.leads.intake import Name
-from frontdesk.platform.db import Cursor, Database, transaction
-from frontdesk.platform.idempotency import IdempotencyRequest, Outcome, run_once
+from frontdesk.platform.db import Database, transaction
+from frontdesk.platform.unit_of_work import UnitOfWork
+from frontdesk.values import ApiModel, Created, Name
 
 Specialty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -52,46 +52,31 @@ class DoctorIn(BaseModel):
         return self
 
 
-class DoctorOut(BaseModel):
+class HoursOut(ApiModel):
+    weekday: int
+    start: str
+    end: str
+
+
+class DoctorOut(ApiModel):
     id: UUID
     name: str
     specialty: str | None
-    slot_minutes: int = Field(serialization_alias="slotMinutes")
+    slot_minutes: int
     active: bool
-    working_hours: list[dict[str, Any]] = Field(serialization_alias="workingHours")
+    working_hours: list[HoursOut]
 
 
-class Slot(BaseModel):
-    starts_at: str = Field(serialization_alias="startsAt")
-    ends_at: str = Field(serialization_alias="endsAt")
+class Slot(ApiModel):
+    starts_at: str
+    ends_at: str
 
 
-def create_doctor(
-    db: Database,
-    *,
-    clinic_id: UUID,
-    doctor: DoctorIn,
-    request_id: str | None,
-    idempotency: IdempotencyRequest | None = None,
-) -> Outcome:
-    """Add a doctor with their working hours; 201 data {id}."""
-    with transaction(db) as cur:
-        outcome, _ = run_once(
-            cur,
-            clinic_id,
-            idempotency,
-            201,
-            lambda: ({"id": str(insert_doctor(cur, clinic_id, doctor, request_id))}, None),
-            None,
-        )
-    return outcome
-
-
-def insert_doctor(cur: Cursor, clinic_id: UUID, doctor: DoctorIn, request_id: str | None) -> UUID:
+def create_doctor(uow: UnitOfWork, *, clinic_id: UUID, doctor: DoctorIn) -> Created:
     """The doctor and their working hours, in one statement."""
     doctor_id = uuid.uuid4()
     hours = doctor.working_hours
-    cur.execute(
+    uow.cur.execute(
         """WITH doctor AS (
                INSERT INTO doctors (id, clinic_id, name, specialty, slot_minutes, active,
                                     request_id)
@@ -110,13 +95,13 @@ def insert_doctor(cur: Cursor, clinic_id: UUID, doctor: DoctorIn, request_id: st
             "specialty": doctor.specialty,
             "slot_minutes": doctor.slot_minutes,
             "active": doctor.active,
-            "request_id": request_id,
+            "request_id": uow.request_id,
             "weekdays": [h.weekday for h in hours],
             "starts": [h.start for h in hours],
             "ends": [h.end for h in hours],
         },
     )
-    return doctor_id
+    return Created(id=doctor_id)
 
 
 _DOCTOR_SELECT = """

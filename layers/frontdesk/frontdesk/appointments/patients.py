@@ -11,10 +11,10 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from frontdesk.errors import NotFound
-from frontdesk.leads.intake import Email, Name, Phone
 from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad
-from frontdesk.platform.db import Cursor, Database, transaction
-from frontdesk.platform.idempotency import IdempotencyRequest, Outcome, run_once
+from frontdesk.platform.db import Database, transaction
+from frontdesk.platform.unit_of_work import UnitOfWork
+from frontdesk.values import ApiModel, Created, Email, Name, Phone, Timestamp
 
 
 class PatientIn(BaseModel):
@@ -35,13 +35,13 @@ class PatientIn(BaseModel):
         return self
 
 
-class PatientOut(BaseModel):
+class PatientOut(ApiModel):
     id: UUID
     name: str
     email: str | None
     phone: str | None
-    lead_id: UUID | None = Field(serialization_alias="leadId")
-    created_at: str = Field(serialization_alias="createdAt")
+    lead_id: UUID | None
+    created_at: Timestamp
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,23 @@ class Contact:
     phone: str | None
 
 
-def insert_patient(
-    cur: Cursor,
+def create_patient(
+    uow: UnitOfWork,
     cipher: EnvelopeCipher,
     blind_index: BlindIndex,
     *,
     clinic_id: UUID,
     patient: PatientIn,
-    request_id: str | None,
     lead_id: UUID | None = None,
-) -> UUID:
-    """Encrypt and insert one patient in the caller's transaction."""
+) -> Created:
+    """Encrypt and insert one patient, in `uow`."""
     patient_id = uuid.uuid4()
     key = cipher.data_key()
 
     def enc(field: str, value: str | None) -> bytes | None:
         return cipher.encrypt(key, value, field_aad("patients", patient_id, field))
 
-    cur.execute(
+    uow.cur.execute(
         """INSERT INTO patients (id, clinic_id, name_enc, email_enc, phone_enc, dek, kms_key_id,
                                  email_bidx, phone_bidx, lead_id, request_id)
            VALUES (%(id)s, %(clinic_id)s, %(name)s, %(email)s, %(phone)s, %(dek)s,
@@ -86,52 +85,24 @@ def insert_patient(
             "email_bidx": blind_index.email(patient.email),
             "phone_bidx": blind_index.phone(patient.phone),
             "lead_id": lead_id,
-            "request_id": request_id,
+            "request_id": uow.request_id,
         },
     )
-    return patient_id
-
-
-def create_patient(
-    db: Database,
-    cipher: EnvelopeCipher,
-    blind_index: BlindIndex,
-    *,
-    clinic_id: UUID,
-    patient: PatientIn,
-    request_id: str | None,
-    idempotency: IdempotencyRequest | None = None,
-) -> Outcome:
-    """Add a patient; 201 data {id}."""
-    with transaction(db) as cur:
-
-        def write() -> tuple[dict[str, Any], None]:
-            patient_id = insert_patient(
-                cur,
-                cipher,
-                blind_index,
-                clinic_id=clinic_id,
-                patient=patient,
-                request_id=request_id,
-            )
-            return {"id": str(patient_id)}, None
-
-        outcome, _ = run_once(cur, clinic_id, idempotency, 201, write, None)
-    return outcome
+    return Created(id=patient_id)
 
 
 def convert_lead(
-    cur: Cursor,
+    uow: UnitOfWork,
     cipher: EnvelopeCipher,
     blind_index: BlindIndex,
     *,
     clinic_id: UUID,
     lead_id: UUID,
-    request_id: str | None,
 ) -> UUID:
     """The patient made from a lead, in the caller's transaction: the existing one if the lead
     was converted before, else a new one with the lead's details re-encrypted for patients
     (a ciphertext is bound to its table, row and column, so it cannot simply be copied)."""
+    cur = uow.cur
     cur.execute(
         """SELECT l.name_enc, l.email_enc, l.phone_enc, l.dek, p.id AS patient_id
            FROM leads l LEFT JOIN patients p ON p.lead_id = l.id
@@ -154,15 +125,10 @@ def convert_lead(
 
     phone = dec("phone")
     details = PatientIn.model_construct(name=dec("name") or "", email=dec("email"), phone=phone)
-    return insert_patient(
-        cur,
-        cipher,
-        blind_index,
-        clinic_id=clinic_id,
-        patient=details,
-        request_id=request_id,
-        lead_id=lead_id,
+    created = create_patient(
+        uow, cipher, blind_index, clinic_id=clinic_id, patient=details, lead_id=lead_id
     )
+    return created.id
 
 
 def get_patient(
@@ -184,7 +150,7 @@ def get_patient(
         email=contact.email,
         phone=contact.phone,
         lead_id=row["lead_id"],
-        created_at=row["created_at"].isoformat(),
+        created_at=row["created_at"],
     )
 
 

@@ -10,10 +10,8 @@ qualify, so cancelled ones get none; NotifyWorker checks again when it sends.
 
 from __future__ import annotations
 
-from frontdesk.platform import outbox
-from frontdesk.platform.db import Database, transaction
-
-REMINDER_KIND = "appointment.reminder"
+from frontdesk.platform.queues import Queue, ReminderMessage
+from frontdesk.platform.unit_of_work import UnitOfWork
 
 # A window is entered `lead_time` before the start. A window entered before the slot was
 # chosen (a booking made 3 hours ahead is already inside the 24 h window) gets no reminder:
@@ -39,19 +37,12 @@ _DUE = """
     RETURNING id, clinic_id"""
 
 
-def enqueue_due(db: Database, publisher: outbox.Publisher, limit: int = 5000) -> int:
-    """Enqueue the reminders that are due now; the number enqueued."""
-    with transaction(db) as cur:
-        cur.execute(_DUE, {"limit": limit})
-        due = cur.fetchall()
-        outbox_ids = outbox.enqueue_messages(
-            cur,
-            queue="notifications",
-            bodies=[
-                {"reminderId": str(r["id"]), "kind": REMINDER_KIND, "clinicId": str(r["clinic_id"])}
-                for r in due
-            ],
-            request_id=None,
-        )
-    outbox.relay(db, outbox_ids, publisher)
+def enqueue_due(uow: UnitOfWork, limit: int = 5000) -> int:
+    """Enqueue the reminders that are due now, in `uow`; the number enqueued."""
+    uow.cur.execute(_DUE, {"limit": limit})
+    due = uow.cur.fetchall()
+    uow.send(
+        Queue.NOTIFICATIONS,
+        [ReminderMessage(reminder_id=r["id"], clinic_id=r["clinic_id"]).body() for r in due],
+    )
     return len(due)

@@ -14,10 +14,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from frontdesk.config import Settings
+
+if TYPE_CHECKING:
+    from frontdesk.platform.aws import Aws
 
 Role = Literal["user", "assistant"]
 
@@ -204,10 +206,19 @@ class BedrockModel:
         }
     )
 
-    def __init__(self, model_id: str, *, max_output_tokens: int = 512, client: Any = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        max_output_tokens: int = 512,
+        client: Any = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.model = model_id
         self._max_output_tokens = max_output_tokens
         self._given_client = client
+        self._settings = settings or Settings()
+        self._clients: dict[float, Any] = {}  # by read timeout
 
     @property
     def breaker_name(self) -> str:
@@ -217,9 +228,30 @@ class BedrockModel:
         pass
 
     def _client(self, timeout_seconds: float) -> Any:
+        """A bedrock-runtime client whose read timeout is the per-call timeout, no SDK
+        retries (the worker retries through the queue, so a call never outlives its
+        timeout); one per distinct timeout, kept."""
         if self._given_client is not None:
             return self._given_client
-        return _bedrock_client(round(timeout_seconds, 1))
+        timeout = round(timeout_seconds, 1)
+        client = self._clients.get(timeout)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            settings = self._settings
+            config = Config(
+                connect_timeout=settings.aws_connect_timeout_seconds,
+                read_timeout=timeout,
+                retries={"max_attempts": 1, "mode": "standard"},
+            )
+            client = self._clients[timeout] = boto3.session.Session().client(
+                "bedrock-runtime",
+                region_name=settings.aws_region,
+                endpoint_url=settings.aws_endpoint_url,
+                config=config,
+            )
+        return client
 
     def complete(
         self, system: str, turns: Sequence[ChatTurn], *, timeout_seconds: float
@@ -257,29 +289,6 @@ class BedrockModel:
         )
 
 
-@cache
-def _bedrock_client(read_timeout_seconds: float) -> Any:
-    """A bedrock-runtime client whose read timeout is the per-call timeout, no SDK retries
-    (the worker retries through the queue, so a call never outlives its timeout)."""
-    import boto3
-    from botocore.config import Config
-
-    from frontdesk.config import get_settings
-
-    settings = get_settings()
-    config = Config(
-        connect_timeout=settings.aws_connect_timeout_seconds,
-        read_timeout=read_timeout_seconds,
-        retries={"max_attempts": 1, "mode": "standard"},
-    )
-    return boto3.session.Session().client(
-        "bedrock-runtime",
-        region_name=settings.aws_region,
-        endpoint_url=settings.aws_endpoint_url,
-        config=config,
-    )
-
-
 def api_key_from_secret(secret: str) -> str:
     """A secret holds the key itself or JSON with an "apiKey" (or "api_key") field."""
     secret = secret.strip()
@@ -289,14 +298,14 @@ def api_key_from_secret(secret: str) -> str:
     return secret
 
 
-def model_from_settings(settings: Settings) -> ChatModel:
+def model_from_settings(settings: Settings, aws: Aws | None = None) -> ChatModel:
     if settings.llm_provider == "openai":
         if settings.llm_api_key is not None:
             key = settings.llm_api_key.get_secret_value()
         elif settings.llm_secret_arn:
-            from frontdesk.platform.aws import get_secret
-
-            key = api_key_from_secret(get_secret(settings.llm_secret_arn))
+            if aws is None:
+                raise ValueError("reading LLM_SECRET_ARN needs the container's AWS clients")
+            key = api_key_from_secret(aws.secret(settings.llm_secret_arn))
         else:
             key = ""  # a local server that needs none
         return OpenAiCompatibleModel(
@@ -309,5 +318,6 @@ def model_from_settings(settings: Settings) -> ChatModel:
         return BedrockModel(
             settings.llm_model or "anthropic.claude-3-haiku-20240307-v1:0",
             max_output_tokens=settings.llm_max_output_tokens,
+            settings=settings,
         )
     return OfflineModel()

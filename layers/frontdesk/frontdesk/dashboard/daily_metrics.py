@@ -28,8 +28,12 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from pydantic import Field
+from pydantic.alias_generators import to_camel
+
 from frontdesk.errors import InvalidInput, NotFound
 from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.values import ApiModel, Timestamp
 
 Mode = Literal["recent", "full"]
 
@@ -333,6 +337,75 @@ def lag_seconds(db: Database) -> float | None:
 
 # ---------------------------------------------------------------- reads (the API)
 
+
+class DayMetrics(ApiModel):
+    """One clinic's day, as pre-calculated (numbers only, never PII)."""
+
+    day: date
+    leads_new: int
+    leads_by_source: dict[str, int]
+    leads_converted: int
+    conversion_rate: float | None
+    appointments_booked: int
+    appointments_cancelled: int
+    appointments_completed: int
+    appointments_no_show: int
+    booked_minutes: int
+    working_minutes: int
+    utilisation: float | None
+    doctors: list[dict[str, Any]]
+    assistant_questions: int
+    assistant_median_reply_ms: int | None
+    notifications_sent: int
+    notifications_failed: int
+    computed_at: Timestamp
+
+
+class Freshness(ApiModel):
+    """When the numbers were computed (the last metrics run) and how old they are."""
+
+    computed_at: Timestamp | None
+    staleness_seconds: int | None
+
+
+class DailyMetrics(Freshness):
+    day_from: date = Field(alias="from")
+    day_to: date = Field(alias="to")
+    timezone: str
+    days: list[DayMetrics]
+
+
+class Window(ApiModel):
+    day_from: date = Field(alias="from")
+    day_to: date = Field(alias="to")
+    days: int
+    days_with_data: int
+    leads_new: int
+    leads_converted: int
+    appointments_booked: int
+    appointments_cancelled: int
+    appointments_completed: int
+    appointments_no_show: int
+    booked_minutes: int
+    working_minutes: int
+    assistant_questions: int
+    notifications_sent: int
+    notifications_failed: int
+    leads_by_source: dict[str, int]
+    conversion_rate: float | None
+    utilisation: float | None
+    # the median of the days' medians (medians of days cannot be merged exactly)
+    assistant_median_reply_ms: int | None
+    per_day: dict[str, float]
+
+
+class MetricsSummary(Freshness):
+    timezone: str
+    today: Window
+    last7_days: Window
+    last30_days: Window
+
+
 _DAY_JSON = """jsonb_build_object(
     'day', m.day,
     'leadsNew', m.leads_new,
@@ -378,15 +451,12 @@ def _freshness(row: dict[str, Any]) -> dict[str, Any]:
     staleness = None
     if computed_at is not None:
         staleness = max(0, int((row["now"] - computed_at).total_seconds()))
-    return {
-        "computedAt": computed_at.isoformat() if computed_at is not None else None,
-        "stalenessSeconds": staleness,
-    }
+    return {"computed_at": computed_at, "staleness_seconds": staleness}
 
 
 def daily(
     db: Database, *, clinic_id: UUID, day_from: date | None, day_to: date | None
-) -> dict[str, Any]:
+) -> DailyMetrics:
     """The clinic's pre-calculated days in [from, to] (default: the last 30 days)."""
     if day_from is not None and day_to is not None:
         if day_from > day_to:
@@ -402,13 +472,13 @@ def daily(
         raise InvalidInput("from is after to")
     if (row["day_to"] - row["day_from"]).days >= MAX_RANGE_DAYS:
         raise InvalidInput(f"at most {MAX_RANGE_DAYS} days at once")
-    return {
-        "from": row["day_from"].isoformat(),
-        "to": row["day_to"].isoformat(),
-        "timezone": row["timezone"],
+    return DailyMetrics(
+        day_from=row["day_from"],
+        day_to=row["day_to"],
+        timezone=row["timezone"],
+        days=row["days"],
         **_freshness(row),
-        "days": row["days"],
-    }
+    )
 
 
 # Today, the 7 days before today and the 30 days before today, from the daily rows.
@@ -440,44 +510,29 @@ SELECT (SELECT today FROM c) AS today, (SELECT timezone FROM c) AS timezone, now
        (SELECT jsonb_object_agg(t.name, to_jsonb(t) - 'name') FROM totals t) AS windows
 WHERE EXISTS (SELECT 1 FROM c)"""
 
-_CAMEL = {
-    "leads_new": "leadsNew",
-    "leads_converted": "leadsConverted",
-    "appointments_booked": "appointmentsBooked",
-    "appointments_cancelled": "appointmentsCancelled",
-    "appointments_completed": "appointmentsCompleted",
-    "appointments_no_show": "appointmentsNoShow",
-    "booked_minutes": "bookedMinutes",
-    "working_minutes": "workingMinutes",
-    "assistant_questions": "assistantQuestions",
-    "notifications_sent": "notificationsSent",
-    "notifications_failed": "notificationsFailed",
-}
 
-
-def _window(raw: dict[str, Any]) -> dict[str, Any]:
+def _window(raw: dict[str, Any]) -> Window:
     length = int(raw["length"])
-    totals = {_CAMEL[c]: int(raw[c]) for c in _COUNTS}
-    leads, working = totals["leadsNew"], totals["workingMinutes"]
-    return {
-        "from": raw["day_from"],
-        "to": raw["day_to"],
-        "days": length,
-        "daysWithData": raw["days_with_data"],
+    totals = {c: int(raw[c]) for c in _COUNTS}
+    leads, working = totals["leads_new"], totals["working_minutes"]
+    return Window(
+        day_from=raw["day_from"],
+        day_to=raw["day_to"],
+        days=length,
+        days_with_data=raw["days_with_data"],
         **totals,
-        "leadsBySource": raw["leads_by_source"],
-        "conversionRate": round(totals["leadsConverted"] / leads, 4) if leads else None,
-        "utilisation": round(totals["bookedMinutes"] / working, 4) if working else None,
-        # the median of the days' medians (medians of days cannot be merged exactly)
-        "assistantMedianReplyMs": raw["assistant_median_reply_ms"],
-        "perDay": {
-            name: round(totals[name] / length, 2)
-            for name in ("leadsNew", "appointmentsBooked", "assistantQuestions")
+        leads_by_source=raw["leads_by_source"],
+        conversion_rate=round(totals["leads_converted"] / leads, 4) if leads else None,
+        utilisation=round(totals["booked_minutes"] / working, 4) if working else None,
+        assistant_median_reply_ms=raw["assistant_median_reply_ms"],
+        per_day={
+            to_camel(name): round(totals[name] / length, 2)
+            for name in ("leads_new", "appointments_booked", "assistant_questions")
         },
-    }
+    )
 
 
-def summary(db: Database, *, clinic_id: UUID) -> dict[str, Any]:
+def summary(db: Database, *, clinic_id: UUID) -> MetricsSummary:
     """Today against the 7 and the 30 days before it, from the pre-calculated rows."""
     with transaction(db) as cur:
         cur.execute(SUMMARY, {"clinic_id": clinic_id})
@@ -485,9 +540,10 @@ def summary(db: Database, *, clinic_id: UUID) -> dict[str, Any]:
     if row is None:
         raise NotFound("no such clinic")
     windows = row["windows"]
-    return {
-        "today": row["today"].isoformat(),
-        "timezone": row["timezone"],
+    return MetricsSummary(
+        timezone=row["timezone"],
+        today=_window(windows["today"]),
+        last7_days=_window(windows["last7Days"]),
+        last30_days=_window(windows["last30Days"]),
         **_freshness(row),
-        **{name: _window(windows[name]) for name in ("today", "last7Days", "last30Days")},
-    }
+    )

@@ -23,17 +23,20 @@ import io
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from uuid import UUID
 
 from frontdesk.errors import InvalidInput, NotFound
-from frontdesk.leads import intake as leads
+from frontdesk.leads.external import check_external, insert_imported
 from frontdesk.observability import logger
-from frontdesk.platform import jobs, outbox
-from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
+from frontdesk.platform import jobs
 from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.queues import EventType, JobKind
+from frontdesk.platform.unit_of_work import UnitOfWork
+from frontdesk.values import ApiModel
 
-IMPORT_JOB = "leads.import"
+if TYPE_CHECKING:
+    from frontdesk.services import Services
 PART_BYTES = 1024 * 1024
 COLUMNS = ("name", "email", "phone", "notes", "consent")
 _ERRORS_SHOWN = 100
@@ -62,71 +65,66 @@ def check_header(first_line: bytes) -> tuple[list[str], int]:
     return columns, end + 1
 
 
+class ImportAccepted(ApiModel):
+    import_id: UUID
+    job_id: UUID
+    rows_total: int
+
+
+def check_upload(file: IO[bytes]) -> tuple[list[str], int]:
+    """The upload's columns and header length; InvalidInput when the header is unusable."""
+    file.seek(0)
+    columns, header_bytes = check_header(file.read(64 * 1024))
+    file.seek(0)
+    return columns, header_bytes
+
+
 def store_upload(
-    db: Database,
-    publisher: outbox.Publisher,
+    uow: UnitOfWork,
     *,
     clinic_id: UUID,
     source: str,
     file: IO[bytes],
     size: int,
     lines: int,
-    request_id: str | None,
-) -> dict[str, Any]:
-    """Store a spooled upload and hand it to SyncWorker. `lines` counts newlines (the row
-    total shown until the worker has counted the real records)."""
-    file.seek(0)
-    columns, header_bytes = check_header(file.read(64 * 1024))
-    file.seek(0)
+) -> ImportAccepted:
+    """Store a spooled upload and hand it to SyncWorker, in `uow`. `lines` counts newlines
+    (the row total shown until the worker has counted the real records)."""
+    columns, header_bytes = check_upload(file)
     rows_total = max(0, lines - 1)
     import_id = uuid.uuid4()
-    with transaction(db) as cur:
-        job_id = jobs.create_job(
-            cur,
-            clinic_id=clinic_id,
-            kind=IMPORT_JOB,
-            payload={"importId": str(import_id)},
-            request_id=request_id,
-        )
-        cur.execute(
-            """INSERT INTO lead_imports (id, clinic_id, job_id, source, columns, size_bytes,
-                                         part_bytes, rows_total, next_offset)
-               VALUES (%(id)s, %(clinic)s, %(job)s, %(source)s, %(columns)s, %(size)s,
-                       %(part)s, %(total)s, %(offset)s)""",
-            {
-                "id": import_id,
-                "clinic": clinic_id,
-                "job": job_id,
-                "source": source,
-                "columns": columns,
-                "size": size,
-                "part": PART_BYTES,
-                "total": rows_total,
-                "offset": header_bytes,
-            },
-        )
-        with cur.copy("COPY lead_import_parts (import_id, part, data) FROM STDIN") as copy:
-            part = 0
-            while chunk := file.read(PART_BYTES):
-                copy.write_row((import_id, part, chunk))
-                part += 1
-        jobs.set_progress(
-            cur,
-            job_id,
-            percent=0,
-            message=f"0/{rows_total} rows, 0 errors",
-            result=_result(import_id, rows_total, 0, 0, 0, []),
-        )
-        outbox_id = outbox.enqueue_job_message(
-            cur,
-            queue="sync",
-            job_id=job_id,
-            kind=IMPORT_JOB,
-            clinic_id=clinic_id,
-            request_id=request_id,
-        )
-    outbox.relay(db, [outbox_id], publisher)
-    return {"importId": str(import_id), "jobId": str(job_id), "rowsTotal": rows_total}
+    cur = uow.cur
+    job_id = uow.start_job(JobKind.LEADS_IMPORT, clinic_id, {"importId": str(import_id)})
+    cur.execute(
+        """INSERT INTO lead_imports (id, clinic_id, job_id, source, columns, size_bytes,
+                                     part_bytes, rows_total, next_offset)
+           VALUES (%(id)s, %(clinic)s, %(job)s, %(source)s, %(columns)s, %(size)s,
+                   %(part)s, %(total)s, %(offset)s)""",
+        {
+            "id": import_id,
+            "clinic": clinic_id,
+            "job": job_id,
+            "source": source,
+            "columns": columns,
+            "size": size,
+            "part": PART_BYTES,
+            "total": rows_total,
+            "offset": header_bytes,
+        },
+    )
+    with cur.copy("COPY lead_import_parts (import_id, part, data) FROM STDIN") as copy:
+        part = 0
+        while chunk := file.read(PART_BYTES):
+            copy.write_row((import_id, part, chunk))
+            part += 1
+    jobs.set_progress(
+        cur,
+        job_id,
+        percent=0,
+        message=f"0/{rows_total} rows, 0 errors",
+        result=_result(import_id, rows_total, 0, 0, 0, []),
+    )
+    return ImportAccepted(import_id=import_id, job_id=job_id, rows_total=rows_total)
 
 
 def _result(
@@ -207,7 +205,7 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
         if len(record) != width:
             window.errors.append((start_line, f"expected {width} fields, found {len(record)}"))
             continue
-        checked = leads.check_external(
+        checked = check_external(
             get(record, "name"),
             get(record, "email"),
             get(record, "phone"),
@@ -234,16 +232,8 @@ def _getter(index: dict[str, int]) -> Callable[[list[str], str], str | None]:
 # ---------------------------------------------------------------- the worker
 
 
-@dataclass(frozen=True)
-class ImportPorts:
-    cipher: EnvelopeCipher
-    blind_index: BlindIndex
-    publisher: outbox.Publisher
-
-
 def run(
-    db: Database,
-    ports: ImportPorts,
+    services: Services,
     *,
     job_id: UUID,
     clinic_id: UUID,
@@ -254,6 +244,7 @@ def run(
     """Process an import from its resume point. Returns "succeeded", "cancelled",
     "continued" (time ran short: a continuation message was committed), "busy" (another
     worker moved the resume point) or "already_done"."""
+    db = services.database
     with transaction(db) as cur:
         started = jobs.start_attempt(cur, job_id)
         if started is None or started["clinic_id"] != clinic_id:
@@ -273,35 +264,20 @@ def run(
         window_bytes = chunk_bytes
         # Stop after this chunk when another one might not fit in the time left.
         last = at_eof or remaining_seconds() < max(10.0, 3 * slowest)
-        outbox_ids: list[int] = []
-        with transaction(db) as cur:
-            outcome = _commit_chunk(cur, ports, state, window, at_eof=at_eof, last=last)
+        with services.unit_of_work(request_id=started["request_id"]) as uow:
+            outcome = _commit_chunk(uow, services, state, window, at_eof=at_eof, last=last)
             if outcome == "continued":
-                outbox_ids.append(
-                    outbox.enqueue_job_message(
-                        cur,
-                        queue="sync",
-                        job_id=job_id,
-                        kind=IMPORT_JOB,
-                        clinic_id=clinic_id,
-                        request_id=started["request_id"],
-                    )
-                )
+                uow.send_job(JobKind.LEADS_IMPORT, job_id, clinic_id)
             elif outcome == "succeeded":
-                outbox_ids.append(
-                    outbox.add_domain_event(
-                        cur,
-                        detail_type="lead_import.completed",
-                        detail={
-                            "importId": str(state["id"]),
-                            "clinicId": str(clinic_id),
-                            "rowsImported": state["rows_imported"],
-                            "errorCount": state["error_count"],
-                        },
-                        request_id=started["request_id"],
-                    )
+                uow.emit(
+                    EventType.LEAD_IMPORT_COMPLETED,
+                    {
+                        "importId": str(state["id"]),
+                        "clinicId": str(clinic_id),
+                        "rowsImported": state["rows_imported"],
+                        "errorCount": state["error_count"],
+                    },
                 )
-        outbox.relay(db, outbox_ids, ports.publisher)
         if on_chunk is not None and outcome in ("next", "continued", "succeeded"):
             on_chunk(state["chunks_done"])
         if outcome != "next":
@@ -345,8 +321,8 @@ def _read_window(db: Database, state: dict[str, Any], size: int) -> tuple[bytes,
 
 
 def _commit_chunk(
-    cur: Cursor,
-    ports: ImportPorts,
+    uow: UnitOfWork,
+    services: Services,
     state: dict[str, Any],
     window: Window,
     *,
@@ -354,6 +330,7 @@ def _commit_chunk(
     last: bool,
 ) -> str:
     """One chunk, one transaction: "next", "succeeded", "continued", "cancelled", "busy"."""
+    cur = uow.cur
     cur.execute("SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": state["job_id"]})
     job = cur.fetchone()
     if job is None or job["status"] == "cancelled":
@@ -366,15 +343,14 @@ def _commit_chunk(
     row = cur.fetchone()
     if row is None or row["next_offset"] != state["next_offset"]:
         return "busy"  # another worker committed this chunk meanwhile
-    imported = leads.insert_imported(
-        cur,
-        ports.cipher,
-        ports.blind_index,
+    imported = insert_imported(
+        uow,
+        services.cipher,
+        services.blind_index,
         clinic_id=state["clinic_id"],
         import_id=state["id"],
         source=state["source"],
         rows=window.rows,
-        request_id=None,
     )
     if window.errors:
         cur.execute(

@@ -1,12 +1,10 @@
 """Patient notifications: appointment confirmations, changes and reminders by email (SES)
 and SMS (SNS), per the clinic's settings, once per notification id and channel.
 
-The notifications queue carries three shapes, parsed here into typed messages:
-- a job message `{"jobId", "kind": "notify.lead_created", "clinicId"}` (staff email, handled
-  by frontdesk.notifications),
-- an EventBridge event envelope `{"version", "id", "detail-type", "source", "detail", ...}`
-  of `appointment.booked|rescheduled|cancelled`, delivered by the rule in template.yaml,
-- a reminder `{"reminderId", "kind": "appointment.reminder", "clinicId"}` (frontdesk.reminders).
+The notifications queue carries three shapes (frontdesk.platform.queues parses them):
+a job message (the staff email, frontdesk.notifications.staff), an `appointment.*` event
+in its EventBridge envelope (the rule in template.yaml routes it here) and a reminder
+(frontdesk.appointments.reminders); the last two become a `PatientNotice`.
 
 A batch of patient notices is handled like the staff emails: (1) one short transaction
 reads every notice's appointment, patient and clinic and claims one delivery row per
@@ -22,61 +20,29 @@ twice, unlike EventBridge's own event id); of a reminder, its reminder id.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, cast
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-
 from frontdesk.appointments.patients import decrypt_contact
-from frontdesk.errors import FrontdeskError, PermanentMessageError
-from frontdesk.notifications.staff import (
+from frontdesk.errors import FrontdeskError
+from frontdesk.notifications.channels import (
     Email,
     Mailer,
-    NotifyMessage,
-    Outcome,
     PermanentDeliveryError,
+    SmsSender,
     TransientDeliveryError,
 )
+from frontdesk.notifications.staff import Outcome
 from frontdesk.platform.crypto import EnvelopeCipher, normalise_phone
 from frontdesk.platform.db import Cursor, Database, transaction
-from frontdesk.platform.queues import validation_reasons
+from frontdesk.platform.queues import AppointmentEvent, ReminderMessage
 
 _CLAIM_SECONDS = 120  # as for staff emails: beyond NotifyWorker's timeout, within visibility
 NoticeKind = Literal["booked", "rescheduled", "cancelled", "reminder"]
 Channel = Literal["email", "sms"]
-EventType = Literal["appointment.booked", "appointment.rescheduled", "appointment.cancelled"]
-
-
-class _AppointmentDetail(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    event_id: UUID = Field(alias="eventId")
-    appointment_id: UUID = Field(alias="appointmentId")
-    clinic_id: UUID = Field(alias="clinicId")
-    starts_at: datetime = Field(alias="startsAt")
-
-
-class AppointmentEvent(BaseModel):
-    """An EventBridge event as a rule's SQS target delivers it (the whole envelope)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: str
-    source: Literal["frontdesk"]
-    detail_type: EventType = Field(alias="detail-type")
-    detail: _AppointmentDetail
-
-
-class ReminderMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    reminder_id: UUID = Field(alias="reminderId")
-    kind: Literal["appointment.reminder"]
-    clinic_id: UUID = Field(alias="clinicId")
 
 
 @dataclass(frozen=True)
@@ -90,81 +56,25 @@ class PatientNotice:
     reminder_id: UUID | None
     starts_at: datetime | None  # the time the event announces
 
-
-Message = NotifyMessage | PatientNotice
-_JOB_MESSAGES: TypeAdapter[NotifyMessage | ReminderMessage] = TypeAdapter(
-    Annotated[NotifyMessage | ReminderMessage, Field(discriminator="kind")]
-)
-
-
-def parse_message(body: str) -> Message:
-    """Any notifications queue body as a typed message; PermanentMessageError if malformed."""
-    try:
-        data = json.loads(body)
-        if isinstance(data, dict) and "detail-type" in data:
-            event = AppointmentEvent.model_validate(data)
-            return PatientNotice(
-                notification_id=f"event:{event.detail.event_id}",
-                kind=event.detail_type.removeprefix("appointment."),  # type: ignore[arg-type]
-                clinic_id=event.detail.clinic_id,
-                appointment_id=event.detail.appointment_id,
-                reminder_id=None,
-                starts_at=event.detail.starts_at,
+    @classmethod
+    def of(cls, message: AppointmentEvent | ReminderMessage) -> PatientNotice:
+        if isinstance(message, ReminderMessage):
+            return cls(
+                notification_id=f"reminder:{message.reminder_id}",
+                kind="reminder",
+                clinic_id=message.clinic_id,
+                appointment_id=None,
+                reminder_id=message.reminder_id,
+                starts_at=None,
             )
-        message = _JOB_MESSAGES.validate_python(data)
-    except ValueError as exc:  # ValidationError is a ValueError; so is bad JSON
-        raise PermanentMessageError(f"malformed notify message ({_reasons(exc)})") from None
-    if isinstance(message, ReminderMessage):
-        return PatientNotice(
-            notification_id=f"reminder:{message.reminder_id}",
-            kind="reminder",
-            clinic_id=message.clinic_id,
-            appointment_id=None,
-            reminder_id=message.reminder_id,
-            starts_at=None,
+        return cls(
+            notification_id=f"event:{message.detail.event_id}",
+            kind=cast(NoticeKind, message.detail_type.removeprefix("appointment.")),
+            clinic_id=message.detail.clinic_id,
+            appointment_id=message.detail.appointment_id,
+            reminder_id=None,
+            starts_at=message.detail.starts_at,
         )
-    return message
-
-
-def _reasons(exc: ValueError) -> str:
-    # Field names and error types, never the values.
-    if isinstance(exc, ValidationError):
-        return validation_reasons(exc)
-    return "not JSON"
-
-
-class SmsSender(Protocol):
-    def send(self, phone: str, message: str) -> str | Exception:
-        """The provider's message id, or the error."""
-        ...
-
-
-class SnsSms:
-    """SNS Publish to a phone number (transactional SMS)."""
-
-    _PERMANENT = frozenset({"InvalidParameter", "InvalidParameterValue", "OptedOut"})
-
-    def send(self, phone: str, message: str) -> str | Exception:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from frontdesk.platform.aws import client
-
-        try:
-            answer = client("sns").publish(
-                PhoneNumber=phone,
-                Message=message,
-                MessageAttributes={
-                    "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"}
-                },
-            )
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
-            if code in self._PERMANENT:
-                return PermanentDeliveryError(f"SNS refused the SMS ({code})")
-            return TransientDeliveryError(f"SNS error ({code})")
-        except BotoCoreError as exc:
-            return TransientDeliveryError(f"SNS unreachable ({type(exc).__name__})")
-        return str(answer["MessageId"])
 
 
 _TEXTS: dict[str, tuple[str, str]] = {

@@ -1,4 +1,5 @@
-"""Notifications: one email per notification id, however often its message arrives.
+"""Staff notifications (a new lead): one email per notification id, however often its
+message arrives.
 
 A batch of queue messages is handled set-based, in three steps whatever its size:
 (1) one short transaction starts the batch's jobs and claims their delivery rows;
@@ -12,119 +13,21 @@ is kept as short as one transaction.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from frontdesk.notifications.channels import (
+    Email,
+    Mailer,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from frontdesk.platform import jobs
 from frontdesk.platform.db import Cursor, Database, transaction
-from frontdesk.platform.queues import parse_message
+from frontdesk.platform.queues import JobMessage
 
 _CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
-SES_BULK_LIMIT = 50  # destinations per SendBulkTemplatedEmail call
-
-
-class NotifyMessage(BaseModel):
-    """The body of a notifications queue message (written by outbox.enqueue_job_message)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: UUID = Field(alias="jobId")
-    kind: Literal["notify.lead_created"]
-    clinic_id: UUID = Field(alias="clinicId")
-
-    @classmethod
-    def parse(cls, body: str) -> NotifyMessage:
-        return parse_message(cls, body, "notify")
-
-
-class TransientDeliveryError(Exception):
-    """Worth retrying: the message fails and SQS redelivers it after the visibility timeout."""
-
-
-class PermanentDeliveryError(Exception):
-    """Retrying cannot help (a rejected address): the job fails at once."""
-
-
-@dataclass(frozen=True)
-class Email:
-    to: str
-    data: dict[str, str]  # the template's placeholders
-
-
-class Mailer(Protocol):
-    def send_templated(
-        self, *, sender: str, template: str, emails: Sequence[Email]
-    ) -> list[str | Exception]:
-        """Send each email; per email, the provider's message id or the error."""
-        ...
-
-
-class SesMailer:
-    """SES SendBulkTemplatedEmail: one call for up to 50 emails, a status for each."""
-
-    _PERMANENT = frozenset(
-        {
-            "MessageRejected",
-            "MailFromDomainNotVerified",
-            "MailFromDomainNotVerifiedException",
-            "InvalidParameterValue",
-            "TemplateDoesNotExist",
-            "InvalidTemplate",
-            "AccountSendingPausedException",
-        }
-    )
-
-    def send_templated(
-        self, *, sender: str, template: str, emails: Sequence[Email]
-    ) -> list[str | Exception]:
-        results: list[str | Exception] = []
-        for start in range(0, len(emails), SES_BULK_LIMIT):
-            results += self._send_chunk(sender, template, emails[start : start + SES_BULK_LIMIT])
-        return results
-
-    def _send_chunk(
-        self, sender: str, template: str, emails: Sequence[Email]
-    ) -> list[str | Exception]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from frontdesk.platform.aws import client
-
-        try:
-            answer = client("ses").send_bulk_templated_email(
-                Source=sender,
-                Template=template,
-                DefaultTemplateData="{}",
-                Destinations=[
-                    {
-                        "Destination": {"ToAddresses": [email.to]},
-                        "ReplacementTemplateData": json.dumps(email.data),
-                    }
-                    for email in emails
-                ],
-            )
-        except ClientError as exc:
-            error = self._error(exc.response.get("Error", {}).get("Code", "Unknown"))
-            return [error] * len(emails)
-        except BotoCoreError as exc:
-            unreachable = TransientDeliveryError(f"SES unreachable ({type(exc).__name__})")
-            return [unreachable] * len(emails)
-        return [
-            status["MessageId"]
-            if status.get("MessageId") and status.get("Status", "Success") == "Success"
-            else self._error(status)
-            for status in answer["Status"]
-        ]
-
-    def _error(self, status: Mapping[str, Any] | str) -> Exception:
-        code = status if isinstance(status, str) else str(status.get("Status", "Unknown"))
-        if code in self._PERMANENT:
-            return PermanentDeliveryError(f"SES refused the email ({code})")
-        return TransientDeliveryError(f"SES error ({code})")
 
 
 Outcome = Literal["sent", "already_done", "failed"]
@@ -133,7 +36,7 @@ Outcome = Literal["sent", "already_done", "failed"]
 def deliver_batch(
     db: Database,
     mailer: Mailer,
-    messages: Mapping[str, NotifyMessage],
+    messages: Mapping[str, JobMessage],
     *,
     sender: str,
     template: str,
@@ -183,7 +86,7 @@ def deliver_batch(
 
 
 def _start_and_claim(
-    cur: Cursor, first_of_job: dict[UUID, str], messages: Mapping[str, NotifyMessage]
+    cur: Cursor, first_of_job: dict[UUID, str], messages: Mapping[str, JobMessage]
 ) -> tuple[dict[UUID, Email], list[UUID], list[UUID]]:
     """Start the jobs, fail the unsendable, claim the rest: (to send, already done, busy)."""
     job_ids = list(first_of_job)

@@ -20,15 +20,19 @@ duplicate delivery, which every consumer already absorbs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from frontdesk.errors import NotFound, PermanentMessageError
 from frontdesk.platform import jobs
 from frontdesk.platform.db import Database, transaction
+from frontdesk.platform.queues import JobKind, Queue, parse
+from frontdesk.values import ApiModel
 
 # Seconds a listed message stays hidden while the listing pages on (reset to 0 at the end).
 PEEK_VISIBILITY_SECONDS = 10
@@ -44,8 +48,30 @@ class DeadLetterQueue:
     source_url: str
 
 
-@dataclass
-class DeadLetter:
+QueueName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+class ReplayRequest(BaseModel):
+    """Either the ids of the messages to replay, or `all: true`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: QueueName | None = None
+    messageIds: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> ReplayRequest:
+        if self.all == (self.messageIds is not None):
+            raise ValueError("name messageIds or set all to true (not both)")
+        return self
+
+
+class DeadLetter(ApiModel):
+    model_config = ConfigDict(frozen=False)
+
     queue: str
     message_id: str
     receive_count: int
@@ -56,24 +82,12 @@ class DeadLetter:
     kind: str | None = None
     request_id: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "messageId": self.message_id,
-            "receiveCount": self.receive_count,
-            "sentAt": self.sent_at,
-            "reason": self.reason,
-            "jobId": self.job_id,
-            "jobStatus": self.job_status,
-            "kind": self.kind,
-            "requestId": self.request_id,
-        }
 
+class ReplayOutcome(ApiModel):
+    model_config = ConfigDict(frozen=False)
 
-@dataclass
-class ReplayResult:
-    replayed: list[str] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
+    replayed: list[str] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list)
     jobs_requeued: int = 0
 
 
@@ -89,19 +103,6 @@ def queues(routes: dict[str, tuple[str, str]], name: str | None) -> list[DeadLet
 
 
 # ---------------------------------------------------------------- reasons
-
-
-def _parser(queue: str) -> Callable[[str], Any] | None:
-    """The worker's own parser of this queue's bodies (imported only when asked)."""
-    if queue == "notifications":
-        from frontdesk.notifications.patients import parse_message
-
-        return parse_message
-    if queue == "llm":
-        from frontdesk.assistant.conversations import ReplyJobMessage
-
-        return ReplyJobMessage.parse
-    return None
 
 
 def _job_id(body: str) -> UUID | None:
@@ -124,12 +125,10 @@ def _kind(body: str) -> str | None:
 
 
 def rejection(queue: str, body: str) -> str | None:
-    """Why the queue's worker rejects this body for good, or None if it parses."""
-    parse = _parser(queue)
-    if parse is None:
-        return None
+    """Why the queue's worker rejects this body for good (its own parser's reason), or None
+    if it parses."""
     try:
-        parse(body)
+        parse(Queue(queue), body)
     except PermanentMessageError as exc:
         return exc.detail
     return None
@@ -240,10 +239,10 @@ def replay(
     sqs: Any,
     dlqs: Sequence[DeadLetterQueue],
     message_ids: Sequence[str] | None,
-) -> ReplayResult:
+) -> ReplayOutcome:
     """Move the chosen messages (None: all) of the given DLQs back to their source queues."""
     wanted = set(message_ids) if message_ids is not None else None
-    result = ReplayResult()
+    result = ReplayOutcome()
     for dlq in dlqs:
         # Messages not chosen stay hidden until the end, so paging never sees them twice.
         kept: list[dict[str, Any]] = []
@@ -277,13 +276,13 @@ def _requeue_jobs(db: Database, messages: Sequence[dict[str, Any]]) -> int:
     job_ids = [j for j in (_job_id(m.get("Body", "")) for m in messages) if j is not None]
     if not job_ids:
         return 0
-    from frontdesk.assistant import conversations as assistant
+    from frontdesk.assistant.replies import requeue_replies
 
     with transaction(db) as cur:
         revived = jobs.revive_dead(cur, job_ids)
-        replies = [row["id"] for row in revived if row["kind"] == assistant.REPLY_JOB]
+        replies = [row["id"] for row in revived if row["kind"] == JobKind.ASSISTANT_REPLY]
         if replies:
-            assistant.requeue_replies(cur, replies)
+            requeue_replies(cur, replies)
     return len(revived)
 
 

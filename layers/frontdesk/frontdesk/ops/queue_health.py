@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ConfigDict
+
+from frontdesk.values import ApiModel
+
 AGE_NOTE = (
     "not available from SQS's API: see CloudWatch's ApproximateAgeOfOldestMessage for this queue"
 )
@@ -26,34 +30,42 @@ def _attributes(sqs: Any, url: str) -> dict[str, int]:
     return {name: int(value) for name, value in answer.get("Attributes", {}).items()}
 
 
-def queue_health(sqs: Any, queues: Mapping[str, tuple[str, str | None]]) -> list[dict[str, Any]]:
+class QueueHealth(ApiModel):
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    depth: int | None = None
+    in_flight: int | None = None
+    delayed: int | None = None
+    age_of_oldest_message_seconds: float | None = None
+    age_note: str = AGE_NOTE
+    dlq_depth: int | None = None
+    error: str | None = None
+
+
+class Queues(ApiModel):
+    queues: list[QueueHealth]
+
+
+def queue_health(sqs: Any, queues: Mapping[str, tuple[str, str | None]]) -> Queues:
     """One entry per queue (name -> (URL, DLQ URL or None)); a queue SQS cannot answer for
     carries an error instead of its numbers."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     report = []
     for name, (url, dlq_url) in sorted(queues.items()):
-        entry: dict[str, Any] = {
-            "name": name,
-            "depth": None,
-            "inFlight": None,
-            "delayed": None,
-            "ageOfOldestMessageSeconds": None,
-            "ageNote": AGE_NOTE,
-            "dlqDepth": None,
-            "error": None,
-        }
+        entry = QueueHealth(name=name)
         try:
             attributes = _attributes(sqs, url)
-            entry["depth"] = attributes.get("ApproximateNumberOfMessages")
-            entry["inFlight"] = attributes.get("ApproximateNumberOfMessagesNotVisible")
-            entry["delayed"] = attributes.get("ApproximateNumberOfMessagesDelayed")
+            entry.depth = attributes.get("ApproximateNumberOfMessages")
+            entry.in_flight = attributes.get("ApproximateNumberOfMessagesNotVisible")
+            entry.delayed = attributes.get("ApproximateNumberOfMessagesDelayed")
             if dlq_url:
                 dlq = _attributes(sqs, dlq_url)
-                entry["dlqDepth"] = dlq.get("ApproximateNumberOfMessages")
+                entry.dlq_depth = dlq.get("ApproximateNumberOfMessages")
         except ClientError as exc:
-            entry["error"] = f"SQS refused ({exc.response.get('Error', {}).get('Code', '?')})"
+            entry.error = f"SQS refused ({exc.response.get('Error', {}).get('Code', '?')})"
         except BotoCoreError as exc:
-            entry["error"] = f"SQS unreachable ({type(exc).__name__})"
+            entry.error = f"SQS unreachable ({type(exc).__name__})"
         report.append(entry)
-    return report
+    return Queues(queues=report)

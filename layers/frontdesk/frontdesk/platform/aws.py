@@ -1,65 +1,80 @@
-"""AWS clients, created once per container and reused by every invocation.
+"""AWS clients of one container: one boto3 session, one client per service, secrets cached.
 
-boto3 is imported on first use, not at module import, so a function pays for it only
-when it really calls AWS.
+boto3 is imported on first use, not at module import, so a function pays for it only when
+it really calls AWS. Every client has short timeouts and bounded retries; AWS_ENDPOINT_URL
+points them all at moto locally.
 """
 
 from __future__ import annotations
 
 import threading
-from functools import cache
+import time
 from typing import Any
 
-from frontdesk.config import get_settings
+from frontdesk.config import Settings
 from frontdesk.errors import ServiceUnavailable
 
-_lock = threading.Lock()
+SECRET_MAX_AGE_SECONDS = 300.0
 
 
-@cache
-def _session() -> Any:
-    """One boto3 session per container: its clients share loaded models and credentials."""
-    import boto3
+class Aws:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
+        self._secrets: dict[str, tuple[str, float]] = {}
+        # Creating clients is not thread-safe in boto3; the local server has threads.
+        self._lock = threading.Lock()
 
-    return boto3.session.Session()
+    def client(self, service: str) -> Any:
+        """The container's client for `service`, created on first use."""
+        client = self._clients.get(service)
+        if client is not None:
+            return client
+        from botocore.config import Config
 
-
-@cache
-def client(service: str) -> Any:
-    """A boto3 client for `service`, with short timeouts and bounded retries.
-
-    Creating clients is not thread-safe in boto3; the local server has threads.
-    """
-    from botocore.config import Config
-
-    settings = get_settings()
-    config = Config(
-        connect_timeout=settings.aws_connect_timeout_seconds,
-        read_timeout=settings.aws_read_timeout_seconds,
-        retries={"max_attempts": 2, "mode": "standard"},
-    )
-    with _lock:
-        return _session().client(
-            service,
-            region_name=settings.aws_region,
-            endpoint_url=settings.aws_endpoint_url,
-            config=config,
+        settings = self._settings
+        config = Config(
+            connect_timeout=settings.aws_connect_timeout_seconds,
+            read_timeout=settings.aws_read_timeout_seconds,
+            retries={"max_attempts": 2, "mode": "standard"},
         )
+        with self._lock:
+            if service not in self._clients:
+                if self._session is None:
+                    import boto3
 
+                    # One session: its clients share loaded models and credentials.
+                    self._session = boto3.session.Session()
+                self._clients[service] = self._session.client(
+                    service,
+                    region_name=settings.aws_region,
+                    endpoint_url=settings.aws_endpoint_url,
+                    config=config,
+                )
+            return self._clients[service]
 
-def get_secret(secret_id: str, max_age_seconds: int = 300) -> str:
-    """A Secrets Manager secret's string, cached per container (Powertools parameters)."""
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
-    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+    def secret(self, secret_id: str, max_age_seconds: float = SECRET_MAX_AGE_SECONDS) -> str:
+        """A Secrets Manager secret's string, cached for `max_age_seconds`."""
+        cached = self._secrets.get(secret_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < max_age_seconds:
+            return cached[0]
+        if not secret_id:
+            raise ServiceUnavailable("a secret is not configured; see the function's settings")
+        from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        value = _secrets_provider(SecretsProvider).get(secret_id, max_age=max_age_seconds)
-    except GetParameterError as exc:
-        # The message names the secret, not its value.
-        raise ServiceUnavailable("a secret could not be read; retry later") from exc
-    return str(value)
+        try:
+            answer = self.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        except (BotoCoreError, ClientError) as exc:
+            # The message names the secret, not its value; keep both out of the answer.
+            raise ServiceUnavailable(
+                f"a secret could not be read ({type(exc).__name__}); retry later"
+            ) from exc
+        value = str(answer["SecretString"])
+        self._secrets[secret_id] = (value, now)
+        return value
 
-
-@cache
-def _secrets_provider(provider_class: Any) -> Any:
-    return provider_class(boto3_client=client("secretsmanager"))
+    def forget_secrets(self) -> None:
+        """Read secrets again on next use (after a SnapStart restore, or a rotation)."""
+        self._secrets.clear()

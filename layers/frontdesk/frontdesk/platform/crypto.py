@@ -21,11 +21,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from frontdesk.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from frontdesk.platform.aws import Aws
 
 _NONCE_BYTES = 12
 
@@ -41,7 +44,8 @@ class KeyService(Protocol):
 
 
 class KmsKeyService:
-    def __init__(self, key_id: str) -> None:
+    def __init__(self, aws: Aws, key_id: str) -> None:
+        self._aws = aws
         self._key_id = key_id
 
     def generate_data_key(self) -> tuple[bytes, bytes, str]:
@@ -53,14 +57,11 @@ class KmsKeyService:
         plaintext: bytes = answer["Plaintext"]
         return plaintext
 
-    @staticmethod
-    def _call(operation: str, **kwargs: Any) -> Any:
+    def _call(self, operation: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from frontdesk.platform.aws import client
-
         try:
-            return getattr(client("kms"), operation)(**kwargs)
+            return getattr(self._aws.client("kms"), operation)(**kwargs)
         except (BotoCoreError, ClientError) as exc:
             raise ServiceUnavailable(
                 f"the key service is unavailable ({type(exc).__name__})"
@@ -178,46 +179,3 @@ class BlindIndex:
     def _mac(self, kind: str, value: str) -> bytes:
         # hmac.digest: the one-shot C path, the same MAC as hmac.new(...).digest().
         return hmac.digest(self._key, f"{kind}:{value}".encode(), "sha256")
-
-
-_cipher: EnvelopeCipher | None = None
-_blind_index: BlindIndex | None = None
-_setup_lock = threading.Lock()
-
-
-def get_cipher() -> EnvelopeCipher:
-    global _cipher
-    with _setup_lock:
-        if _cipher is None:
-            from frontdesk.config import get_settings
-
-            settings = get_settings()
-            _cipher = EnvelopeCipher(
-                KmsKeyService(settings.kms_key_id), settings.data_key_max_age_seconds
-            )
-        return _cipher
-
-
-def get_blind_index() -> BlindIndex:
-    global _blind_index
-    with _setup_lock:
-        if _blind_index is None:
-            from frontdesk.config import get_settings
-
-            settings = get_settings()
-            if settings.blind_index_key is not None:
-                key = settings.blind_index_key.get_secret_value()
-            else:
-                from frontdesk.platform.aws import get_secret
-
-                key = get_secret(settings.blind_index_secret_arn)
-            _blind_index = BlindIndex(key.encode())
-        return _blind_index
-
-
-def reset() -> None:
-    """Forget cached keys (tests that switch KMS keys or settings)."""
-    global _cipher, _blind_index
-    with _setup_lock:
-        _cipher = None
-        _blind_index = None

@@ -10,14 +10,14 @@ does serve requests concurrently, uses a psycopg_pool.ConnectionPool behind the 
 
 Every connection sets connect_timeout, statement_timeout and
 idle_in_transaction_session_timeout, runs in autocommit mode and opens transactions
-explicitly (`with db.transaction() as cur`), so a unit of work is always visible in code.
+explicitly (`with transaction(db) as cur`; a transaction that hands work off is a
+`frontdesk.platform.unit_of_work.UnitOfWork`), so a transaction is always visible in code.
 Driver errors that mean "the database is unreachable" become `ServiceUnavailable` here.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,43 +189,3 @@ def transaction(db: Database) -> Iterator[Cursor]:
     """One transaction on one connection: commit on success, roll back on any error."""
     with db.connection() as conn, conn.transaction(), conn.cursor() as cur:
         yield cur
-
-
-_lock = threading.Lock()
-_database: Database | None = None
-
-
-def get_database() -> Database:
-    """The container's database: a single reused connection unless one was installed."""
-    global _database
-    with _lock:
-        if _database is None:
-            from frontdesk.config import get_settings
-
-            settings = get_settings()
-            _database = SingleConnectionDatabase(
-                _conninfo_from_settings,
-                settings.db_connect_timeout_seconds,
-                settings.db_statement_timeout_ms,
-            )
-        return _database
-
-
-def set_database(database: Database | None) -> None:
-    """Install a database (the local runtime's pool, a test's) for this process."""
-    global _database
-    with _lock:
-        _database = database
-
-
-def _conninfo_from_settings() -> str:
-    from frontdesk.config import get_settings
-
-    settings = get_settings()
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    if not settings.database_secret_arn:
-        raise ServiceUnavailable("no database configured (DATABASE_URL or DATABASE_SECRET_ARN)")
-    from frontdesk.platform.aws import get_secret
-
-    return conninfo_from_secret(get_secret(settings.database_secret_arn))

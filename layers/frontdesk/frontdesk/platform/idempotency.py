@@ -1,6 +1,7 @@
 """Idempotency-Key: a retried POST returns the first result and writes nothing new.
 
-The key row is inserted in the same transaction as the POST's effect. A concurrent
+The key row is inserted in the same transaction as the POST's effect (the unit of work
+calls `claim` before the write and `record` after it). A concurrent
 request with the same key blocks on the primary key until the first commits (then it
 finds the stored result) or rolls back (then it proceeds as the first).
 """
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -20,7 +20,6 @@ from frontdesk.errors import IdempotencyKeyReused, InvalidInput
 from frontdesk.platform.db import Cursor, Database, transaction
 
 MAX_KEY_LENGTH = 255
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,29 +40,10 @@ class IdempotencyRequest:
         return cls(key, hashlib.sha256(canonical).digest())
 
 
-@dataclass(frozen=True)
-class Outcome:
-    status_code: int
-    data: dict[str, Any]
-    replayed: bool
-
-
-def run_once(
-    cur: Cursor,
-    clinic_id: UUID,
-    request: IdempotencyRequest | None,
-    status_code: int,
-    write: Callable[[], tuple[dict[str, Any], T]],
-    nothing: T,
-) -> tuple[Outcome, T]:
-    """Run `write` unless this key already ran; return its data and its extra value.
-
-    `write` returns (data for the response, extra value for the caller such as outbox ids);
-    a replay returns the stored data and `nothing` as the extra value.
-    """
-    if request is None:
-        data, extra = write()
-        return Outcome(status_code, data, replayed=False), extra
+def claim(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest) -> Any | None:
+    """Take the key for this request, or find the response stored under it: None when this
+    request is the first (its write follows), else the stored response. The key reused with
+    another body is IdempotencyKeyReused (422)."""
     cur.execute(
         """INSERT INTO idempotency_keys (clinic_id, key, request_hash)
            VALUES (%(clinic_id)s, %(key)s, %(hash)s)
@@ -71,31 +51,29 @@ def run_once(
            RETURNING key""",
         {"clinic_id": clinic_id, "key": request.key, "hash": request.request_hash},
     )
-    if cur.fetchone() is None:
-        cur.execute(
-            """SELECT request_hash, status_code, response FROM idempotency_keys
-               WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
-            {"clinic_id": clinic_id, "key": request.key},
-        )
-        stored = cur.fetchone()
-        assert stored is not None  # committed by the request that inserted it
-        if bytes(stored["request_hash"]) != request.request_hash:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different request body"
-            )
-        return Outcome(stored["status_code"], stored["response"], replayed=True), nothing
-    data, extra = write()
+    if cur.fetchone() is not None:
+        return None
     cur.execute(
-        """UPDATE idempotency_keys SET status_code = %(status)s, response = %(response)s
+        """SELECT request_hash, response FROM idempotency_keys
            WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
-        {
-            "clinic_id": clinic_id,
-            "key": request.key,
-            "status": status_code,
-            "response": Jsonb(data),
-        },
+        {"clinic_id": clinic_id, "key": request.key},
     )
-    return Outcome(status_code, data, replayed=False), extra
+    stored = cur.fetchone()
+    assert stored is not None  # committed by the request that inserted it
+    if bytes(stored["request_hash"]) != request.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return stored["response"]
+
+
+def record(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest, response: Any) -> None:
+    """Store the response of the request that took the key, in its own transaction."""
+    cur.execute(
+        """UPDATE idempotency_keys SET response = %(response)s
+           WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
+        {"clinic_id": clinic_id, "key": request.key, "response": Jsonb(response)},
+    )
 
 
 def purge_expired(db: Database, retention_hours: int = 24, limit: int = 10_000) -> int:

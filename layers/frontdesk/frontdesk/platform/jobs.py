@@ -4,20 +4,42 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 
 from frontdesk.errors import Conflict, NotFound
 from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.queues import JobKind
 
 TERMINAL = ("succeeded", "failed", "cancelled", "dead")
 
 
+class JobOut(BaseModel):
+    """A job as its clinic sees it (GET /jobs/{id})."""
+
+    id: UUID
+    kind: str
+    status: str
+    progress: int
+    progress_message: str | None
+    attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 def create_job(
-    cur: Cursor, *, clinic_id: UUID, kind: str, payload: dict[str, Any], request_id: str | None
+    cur: Cursor, *, clinic_id: UUID, kind: JobKind, payload: dict[str, Any], request_id: str | None
 ) -> UUID:
+    """A queued job; its message goes with it (UnitOfWork.start_job writes both)."""
     job_id = uuid.uuid4()
     cur.execute(
         """INSERT INTO jobs (id, clinic_id, kind, payload, request_id)
@@ -25,7 +47,7 @@ def create_job(
         {
             "id": job_id,
             "clinic_id": clinic_id,
-            "kind": kind,
+            "kind": kind.value,
             "payload": Jsonb(payload),
             "request_id": request_id,
         },
@@ -59,7 +81,7 @@ _PUBLIC_COLUMNS = """id, kind, status, progress, progress_message, attempts, res
                      request_id, created_at, updated_at, started_at, finished_at"""
 
 
-def get_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]:
+def get_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> JobOut:
     with transaction(db) as cur:
         cur.execute(
             f"SELECT {_PUBLIC_COLUMNS} FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
@@ -68,7 +90,7 @@ def get_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]:
         row = cur.fetchone()
     if row is None:
         raise NotFound(f"job {job_id} not found")
-    return dict(row)
+    return JobOut.model_validate(row)
 
 
 def start_attempt(cur: Cursor, job_id: UUID) -> dict[str, Any] | None:
@@ -158,7 +180,7 @@ def errors_of(cur: Cursor, job_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]
     return {row["id"]: dict(row) for row in cur.fetchall()}
 
 
-def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]:
+def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> JobOut:
     """Cancel a queued or running job of this clinic. Its worker finds it cancelled and does
     nothing (a running one's result is discarded). NotFound for other clinics' ids, Conflict
     when the job has already ended."""
@@ -180,4 +202,4 @@ def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> dict[str, Any]
             if existing is None:
                 raise NotFound(f"job {job_id} not found")
             raise Conflict(f"job {job_id} has already ended ({existing['status']})")
-    return dict(row)
+    return JobOut.model_validate(row)

@@ -1,8 +1,8 @@
 """The transactional outbox: follow-up work is a row in the same transaction as the change.
 
-`enqueue_job_message` and `add_domain_event` write rows; `relay` publishes given rows
-right after the commit (SQS SendMessageBatch, EventBridge PutEvents) and marks them sent;
-`sweep` (the OutboxSweeper schedule) publishes whatever the post-commit relay missed.
+`add_messages` and `add_event` write rows (through the unit of work); `relay` publishes
+given rows once they are committed (SQS SendMessageBatch, EventBridge PutEvents) and marks
+them sent; `sweep` (the OutboxSweeper schedule) publishes whatever the post-commit relay missed.
 Publishing happens outside any transaction. A row can be published twice (the relay and
 the sweeper racing, or a crash between publishing and marking): every consumer is
 idempotent, so at-least-once is enough; losing a row is what must never happen.
@@ -15,38 +15,25 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
 from frontdesk.observability import logger
 from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.queues import EVENT_SOURCE, EventType, Queue
 
-EVENT_SOURCE = "frontdesk"
+if TYPE_CHECKING:
+    from frontdesk.platform.aws import Aws
+
 _BATCH = 10  # SendMessageBatch and PutEvents take at most 10 entries
 _CLAIM_SECONDS = 60
 
 
-def enqueue_job_message(
-    cur: Cursor,
-    *,
-    queue: str,
-    job_id: UUID,
-    kind: str,
-    clinic_id: UUID,
-    request_id: str | None,
-) -> int:
-    """A job's message for the queue named `queue` (a key of Settings.queue_urls())."""
-    body = {"jobId": str(job_id), "kind": kind, "clinicId": str(clinic_id)}
-    return _add(cur, "queue", queue, body, request_id)
-
-
-def enqueue_messages(
-    cur: Cursor, *, queue: str, bodies: Sequence[dict[str, Any]], request_id: str | None
+def add_messages(
+    cur: Cursor, *, queue: Queue, bodies: Sequence[dict[str, Any]], request_id: str | None
 ) -> list[int]:
-    """Many messages for the queue named `queue` in one statement (set-based producers such
-    as the reminder schedule); their outbox ids in the order given."""
+    """Queue messages for `queue`, in one statement; their outbox ids in the order given."""
     if not bodies:
         return []
     cur.execute(
@@ -55,45 +42,32 @@ def enqueue_messages(
            FROM unnest(%(bodies)s::jsonb[]) WITH ORDINALITY AS b(body, n)
            ORDER BY n
            RETURNING id""",
-        {"queue": queue, "bodies": [Jsonb(b) for b in bodies], "request_id": request_id},
+        {"queue": queue.value, "bodies": [Jsonb(b) for b in bodies], "request_id": request_id},
     )
     return [int(row["id"]) for row in cur.fetchall()]
 
 
-def add_domain_event(
-    cur: Cursor,
-    *,
-    detail_type: str,
-    detail: dict[str, Any],
-    request_id: str | None,
-    bus: str = "default",
-) -> int:
-    """A domain event for the EventBridge bus. `detail` must hold ids, never PII.
+def add_event(
+    cur: Cursor, *, detail_type: EventType, detail: dict[str, Any], request_id: str | None
+) -> tuple[int, str]:
+    """A domain event for the bus; (outbox id, event id). `detail` holds ids, never PII.
 
     The detail gets an `eventId` (unless it has one): EventBridge gives an event a new id
     each time it is put, and the relay and the sweeper may both put one row, so consumers
     deduplicate on this one.
     """
     detail = {"eventId": str(uuid.uuid4()), **detail}
-    return _add(cur, "bus", bus, {"detailType": detail_type, "detail": detail}, request_id)
-
-
-def _add(
-    cur: Cursor, target: str, destination: str, payload: dict[str, Any], rid: str | None
-) -> int:
     cur.execute(
         """INSERT INTO outbox (target, destination, payload, request_id)
-           VALUES (%(target)s, %(destination)s, %(payload)s, %(request_id)s) RETURNING id""",
+           VALUES ('bus', 'default', %(payload)s, %(request_id)s) RETURNING id""",
         {
-            "target": target,
-            "destination": destination,
-            "payload": Jsonb(payload),
-            "request_id": rid,
+            "payload": Jsonb({"detailType": detail_type.value, "detail": detail}),
+            "request_id": request_id,
         },
     )
     row = cur.fetchone()
     assert row is not None
-    return int(row["id"])
+    return int(row["id"]), str(detail["eventId"])
 
 
 @dataclass
@@ -105,26 +79,13 @@ class RelayResult:
 class Publisher:
     """Sends outbox rows to SQS and EventBridge. Destinations come from settings."""
 
-    def __init__(
-        self,
-        queue_urls: dict[str, str],
-        event_bus_name: str,
-        *,
-        sqs: Any = None,
-        events: Any = None,
-    ) -> None:
+    def __init__(self, aws: Aws, queue_urls: dict[str, str], event_bus_name: str) -> None:
+        self._aws = aws
         self._queue_urls = queue_urls
         self._bus = event_bus_name
-        self._sqs = sqs  # boto3 clients; the container's own unless given
-        self._events = events
 
     def _client(self, service: str) -> Any:
-        given = self._sqs if service == "sqs" else self._events
-        if given is not None:
-            return given
-        from frontdesk.platform.aws import client
-
-        return client(service)
+        return self._aws.client(service)
 
     def publish(self, rows: Sequence[dict[str, Any]]) -> RelayResult:
         result = RelayResult()
@@ -191,6 +152,17 @@ class Publisher:
 
 
 _ROW_COLUMNS = "id, target, destination, payload, request_id"
+
+
+class RelayNow:
+    """The hand-off that relays right after the commit, in the caller's thread."""
+
+    def __init__(self, database: Database, publisher: Publisher) -> None:
+        self._database = database
+        self._publisher = publisher
+
+    def submit(self, outbox_ids: Sequence[int]) -> None:
+        relay(self._database, outbox_ids, self._publisher)
 
 
 def relay(db: Database, ids: Iterable[int], publisher: Publisher) -> RelayResult:
@@ -272,10 +244,3 @@ def purge_sent(db: Database, older_than_days: int = 7, limit: int = 10_000) -> i
             {"days": older_than_days, "limit": limit},
         )
         return cur.rowcount
-
-
-def default_publisher() -> Publisher:
-    from frontdesk.config import get_settings
-
-    settings = get_settings()
-    return Publisher(settings.queue_urls(), settings.event_bus_name)

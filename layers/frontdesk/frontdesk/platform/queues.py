@@ -1,14 +1,131 @@
-"""Queue message parsing shared by the workers: a typed message, or a reason without values."""
+"""Queues and the messages on them: one home for every message format.
+
+Three queues take handed-off work. A queue carries job messages (a row of `jobs` to work
+on), and the notifications queue also reminders and the appointment events an EventBridge
+rule routes to it. A `JobKind` knows its queue, so a producer names the kind of work and
+never a queue; each queue has one parser (`parse`), used by its worker and by the
+dead-letter routes to explain a body the worker refused. A refusal names fields and error
+types, never values: a message may carry PII.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from frontdesk.errors import PermanentMessageError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Queue(StrEnum):
+    """A source queue, by the logical name outbox rows and settings use."""
+
+    NOTIFICATIONS = "notifications"
+    LLM = "llm"
+    SYNC = "sync"
+
+    @property
+    def label(self) -> str:
+        """How refusals name this queue's messages."""
+        return "notify" if self is Queue.NOTIFICATIONS else self.value
+
+
+class JobKind(StrEnum):
+    """A kind of handed-off work: a `jobs` row and a message on the kind's queue."""
+
+    NOTIFY_LEAD_CREATED = "notify.lead_created"
+    ASSISTANT_REPLY = "assistant.reply"
+    SYNC_FETCH = "sync.fetch"
+    SYNC_VALIDATE = "sync.validate"
+    LEADS_IMPORT = "leads.import"
+
+    @property
+    def queue(self) -> Queue:
+        return _JOB_QUEUES[self]
+
+
+_JOB_QUEUES = {
+    JobKind.NOTIFY_LEAD_CREATED: Queue.NOTIFICATIONS,
+    JobKind.ASSISTANT_REPLY: Queue.LLM,
+    JobKind.SYNC_FETCH: Queue.SYNC,
+    JobKind.SYNC_VALIDATE: Queue.SYNC,
+    JobKind.LEADS_IMPORT: Queue.SYNC,
+}
+
+
+class EventType(StrEnum):
+    """Domain events: written to the outbox with the change, published to the bus."""
+
+    LEAD_CREATED = "lead.created"
+    LEAD_UPDATED = "lead.updated"
+    APPOINTMENT_BOOKED = "appointment.booked"
+    APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
+    APPOINTMENT_CANCELLED = "appointment.cancelled"
+    LEAD_IMPORT_COMPLETED = "lead_import.completed"
+
+
+EVENT_SOURCE = "frontdesk"
+REMINDER_KIND = "appointment.reminder"
+
+
+class JobMessage(BaseModel):
+    """`{"jobId", "kind", "clinicId"}`: the job to work on; its row holds the rest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    job_id: UUID = Field(alias="jobId")
+    kind: JobKind
+    clinic_id: UUID = Field(alias="clinicId")
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ReminderMessage(BaseModel):
+    """`{"reminderId", "kind": "appointment.reminder", "clinicId"}` (the Reminders schedule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    reminder_id: UUID = Field(alias="reminderId")
+    kind: Literal["appointment.reminder"] = "appointment.reminder"
+    clinic_id: UUID = Field(alias="clinicId")
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class AppointmentDetail(BaseModel):
+    """The detail of an `appointment.*` event: ids and times, never PII."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: UUID = Field(alias="eventId")
+    appointment_id: UUID = Field(alias="appointmentId")
+    clinic_id: UUID = Field(alias="clinicId")
+    starts_at: datetime = Field(alias="startsAt")
+
+
+class AppointmentEvent(BaseModel):
+    """An `appointment.*` event as an EventBridge rule's SQS target delivers it: the whole
+    EventBridge envelope, the domain event's detail inside."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    source: Literal["frontdesk"]
+    detail_type: Literal[
+        "appointment.booked", "appointment.rescheduled", "appointment.cancelled"
+    ] = Field(alias="detail-type")
+    detail: AppointmentDetail
+
+
+QueueMessage: TypeAlias = JobMessage | ReminderMessage | AppointmentEvent
 
 
 def validation_reasons(exc: ValidationError) -> str:
@@ -18,11 +135,43 @@ def validation_reasons(exc: ValidationError) -> str:
     )
 
 
-def parse_message(model: type[M], body: str, what: str) -> M:
-    """The message `body` as `model`; a malformed one is a PermanentMessageError with a reason."""
+def parse_model(model: type[M], body: str, what: str) -> M:
+    """The body as `model`; a malformed one is a PermanentMessageError with a reason."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise PermanentMessageError(
             f"malformed {what} message ({validation_reasons(exc)})"
         ) from None
+
+
+def _jobs_of(queue: Queue) -> type[JobMessage]:
+    """A JobMessage whose kind must be one of the queue's job kinds."""
+    kinds = tuple(kind.value for kind in JobKind if kind.queue is queue)
+    kind_type: Any = Literal.__getitem__(kinds)
+    model: type[JobMessage] = create_model(
+        f"{queue.name.title()}JobMessage", __base__=JobMessage, kind=(kind_type, ...)
+    )
+    return model
+
+
+_NOTIFICATIONS: TypeAdapter[JobMessage | ReminderMessage] = TypeAdapter(
+    Annotated[_jobs_of(Queue.NOTIFICATIONS) | ReminderMessage, Field(discriminator="kind")]
+)
+_JOB_MESSAGES = {queue: _jobs_of(queue) for queue in (Queue.LLM, Queue.SYNC)}
+
+
+def parse(queue: Queue, body: str) -> QueueMessage:
+    """A body of `queue` as its typed message; PermanentMessageError when malformed."""
+    if queue is not Queue.NOTIFICATIONS:
+        return parse_model(_JOB_MESSAGES[queue], body, queue.label)
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and "detail-type" in data:
+            return AppointmentEvent.model_validate(data)
+        return _NOTIFICATIONS.validate_python(data)
+    except ValidationError as exc:
+        reason = validation_reasons(exc)
+    except ValueError:
+        reason = "not JSON"
+    raise PermanentMessageError(f"malformed {queue.label} message ({reason})")

@@ -19,12 +19,13 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from frontdesk.errors import InvalidInput, NotFound
-from frontdesk.platform import jobs, outbox
 from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.queues import JobKind
+from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync.providers import KINDS
+from frontdesk.values import ApiModel, Timestamp
 
-VALIDATE_JOB = "sync.validate"
 _TABLE = "provider_accounts"
 
 ProviderKind = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$")]
@@ -91,18 +92,45 @@ def check_base_url(url: str, *, allow_http: bool) -> None:
         )
 
 
+class AccountSaved(ApiModel):
+    """Saved; `webhookSecret` appears once, when it was generated (configure the provider)."""
+
+    id: UUID
+    status: str
+    job_id: UUID
+    webhook_path: str | None = None
+    webhook_secret: str | None = None
+
+
+class AccountOut(ApiModel):
+    """An account as its clinic's admins see it: never a secret."""
+
+    id: UUID
+    provider: str
+    name: str | None
+    api_base_url: str
+    requests_per_second: float
+    status: str
+    last_error: str | None
+    sync_cursor: str | None
+    validated_at: Timestamp | None
+    last_polled_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
 def _save(
-    cur: Cursor,
+    uow: UnitOfWork,
     cipher: EnvelopeCipher,
     *,
     clinic_id: UUID,
     account_id: UUID,
     credentials: Credentials,
     webhook_secret: str,
-    request_id: str | None,
-) -> tuple[UUID, int]:
-    """Encrypt the secrets onto the row, then the validation job and its outbox row."""
+) -> UUID:
+    """Encrypt the secrets onto the row, then start the validation job."""
     key = cipher.data_key()
+    cur = uow.cur
     cur.execute(
         """UPDATE provider_accounts
            SET credentials_enc = %(credentials)s, webhook_secret_enc = %(secret)s,
@@ -126,113 +154,84 @@ def _save(
     )
     if cur.rowcount != 1:
         raise NotFound(f"provider account {account_id} not found")
-    job_id = jobs.create_job(
-        cur,
-        clinic_id=clinic_id,
-        kind=VALIDATE_JOB,
-        payload={"accountId": str(account_id)},
-        request_id=request_id,
-    )
-    outbox_id = outbox.enqueue_job_message(
-        cur,
-        queue="sync",
-        job_id=job_id,
-        kind=VALIDATE_JOB,
-        clinic_id=clinic_id,
-        request_id=request_id,
-    )
-    return job_id, outbox_id
+    return uow.start_job(JobKind.SYNC_VALIDATE, clinic_id, {"accountId": str(account_id)})
 
 
 def create_account(
-    db: Database,
+    uow: UnitOfWork,
     cipher: EnvelopeCipher,
-    publisher: outbox.Publisher,
     *,
     clinic_id: UUID,
     account: AccountIn,
-    request_id: str | None,
     allow_http: bool,
-) -> dict[str, Any]:
+) -> AccountSaved:
     check_base_url(account.apiBaseUrl, allow_http=allow_http)
     account_id = uuid.uuid4()
     generated = account.webhookSecret is None
     webhook_secret = account.webhookSecret or "whsec_" + secrets.token_urlsafe(32)
-    with transaction(db) as cur:
-        cur.execute(
-            """INSERT INTO provider_accounts
-                   (id, clinic_id, provider, name, api_base_url, requests_per_second,
-                    credentials_enc, webhook_secret_enc, dek, kms_key_id)
-               VALUES (%(id)s, %(clinic_id)s, %(provider)s, %(name)s, %(url)s, %(rps)s,
-                       '', '', '', '')""",
-            {
-                "id": account_id,
-                "clinic_id": clinic_id,
-                "provider": account.provider,
-                "name": account.name,
-                "url": account.apiBaseUrl,
-                "rps": account.requestsPerSecond,
-            },
-        )
-        job_id, outbox_id = _save(
-            cur,
-            cipher,
-            clinic_id=clinic_id,
-            account_id=account_id,
-            credentials=account.credentials,
-            webhook_secret=webhook_secret,
-            request_id=request_id,
-        )
-    outbox.relay(db, [outbox_id], publisher)
-    data: dict[str, Any] = {
-        "id": str(account_id),
-        "status": "pending",
-        "jobId": str(job_id),
-        "webhookPath": f"/webhooks/{account.provider}/{account_id}",
-    }
-    if generated:
-        data["webhookSecret"] = webhook_secret  # shown once, to configure the provider
-    return data
+    uow.cur.execute(
+        """INSERT INTO provider_accounts
+               (id, clinic_id, provider, name, api_base_url, requests_per_second,
+                credentials_enc, webhook_secret_enc, dek, kms_key_id)
+           VALUES (%(id)s, %(clinic_id)s, %(provider)s, %(name)s, %(url)s, %(rps)s,
+                   '', '', '', '')""",
+        {
+            "id": account_id,
+            "clinic_id": clinic_id,
+            "provider": account.provider,
+            "name": account.name,
+            "url": account.apiBaseUrl,
+            "rps": account.requestsPerSecond,
+        },
+    )
+    job_id = _save(
+        uow,
+        cipher,
+        clinic_id=clinic_id,
+        account_id=account_id,
+        credentials=account.credentials,
+        webhook_secret=webhook_secret,
+    )
+    return AccountSaved(
+        id=account_id,
+        status="pending",
+        job_id=job_id,
+        webhook_path=f"/webhooks/{account.provider}/{account_id}",
+        # shown once, to configure the provider
+        webhook_secret=webhook_secret if generated else None,
+    )
 
 
 def replace_credentials(
-    db: Database,
+    uow: UnitOfWork,
     cipher: EnvelopeCipher,
-    publisher: outbox.Publisher,
     *,
     clinic_id: UUID,
     account_id: UUID,
     update: CredentialsIn,
-    request_id: str | None,
-) -> dict[str, Any]:
-    with transaction(db) as cur:
-        secret = update.webhookSecret
-        if secret is None:  # keep the current one: decrypt it to re-encrypt under the new key
-            current = _webhook_row(cur, account_id)
-            if current is None or current["clinic_id"] != clinic_id:
-                raise NotFound(f"provider account {account_id} not found")
-            secret = _decrypt(cipher, current, "webhook_secret")
-        job_id, outbox_id = _save(
-            cur,
-            cipher,
-            clinic_id=clinic_id,
-            account_id=account_id,
-            credentials=update.credentials,
-            webhook_secret=secret,
-            request_id=request_id,
-        )
-    outbox.relay(db, [outbox_id], publisher)
-    return {"id": str(account_id), "status": "pending", "jobId": str(job_id)}
+) -> AccountSaved:
+    secret = update.webhookSecret
+    if secret is None:  # keep the current one: decrypt it to re-encrypt under the new key
+        current = _webhook_row(uow.cur, account_id)
+        if current is None or current["clinic_id"] != clinic_id:
+            raise NotFound(f"provider account {account_id} not found")
+        secret = _decrypt(cipher, current, "webhook_secret")
+    job_id = _save(
+        uow,
+        cipher,
+        clinic_id=clinic_id,
+        account_id=account_id,
+        credentials=update.credentials,
+        webhook_secret=secret,
+    )
+    return AccountSaved(id=account_id, status="pending", job_id=job_id)
 
 
-_PUBLIC = """id, provider, name, api_base_url AS "apiBaseUrl",
-             requests_per_second AS "requestsPerSecond", status, last_error AS "lastError",
-             sync_cursor AS "syncCursor", validated_at AS "validatedAt",
-             last_polled_at AS "lastPolledAt", created_at AS "createdAt",
-             updated_at AS "updatedAt\""""
+_PUBLIC = """id, provider, name, api_base_url, requests_per_second, status, last_error,
+             sync_cursor, validated_at, last_polled_at, created_at, updated_at"""
 
 
-def get_account(db: Database, *, clinic_id: UUID, account_id: UUID) -> dict[str, Any]:
+def get_account(db: Database, *, clinic_id: UUID, account_id: UUID) -> AccountOut:
     with transaction(db) as cur:
         cur.execute(
             f"SELECT {_PUBLIC} FROM provider_accounts WHERE id = %(id)s AND clinic_id = %(c)s",
@@ -241,16 +240,16 @@ def get_account(db: Database, *, clinic_id: UUID, account_id: UUID) -> dict[str,
         row = cur.fetchone()
     if row is None:
         raise NotFound(f"provider account {account_id} not found")
-    return dict(row)
+    return AccountOut.model_validate(row)
 
 
-def list_accounts(db: Database, *, clinic_id: UUID) -> list[dict[str, Any]]:
+def list_accounts(db: Database, *, clinic_id: UUID) -> list[AccountOut]:
     with transaction(db) as cur:
         cur.execute(
             f"SELECT {_PUBLIC} FROM provider_accounts WHERE clinic_id = %(c)s ORDER BY created_at",
             {"c": clinic_id},
         )
-        return [dict(row) for row in cur.fetchall()]
+        return [AccountOut.model_validate(row) for row in cur.fetchall()]
 
 
 def _webhook_row(cur: Cursor, account_id: UUID) -> dict[str, Any] | None:

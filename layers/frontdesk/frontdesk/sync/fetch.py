@@ -1,10 +1,11 @@
-"""Provider sync: SyncWorker's jobs (fetch and upsert, validate credentials) and the poller.
+"""Provider sync: SyncWorker's jobs (fetch and upsert, validate credentials).
 
 Every provider call happens with no transaction open: read (short transaction) -> call
 the provider -> write (short transaction). Calls go through the account's shared rate
 limit (provider_accounts.next_call_at), retries with exponential backoff and jitter
 (honouring Retry-After on 429), and the shared PostgreSQL circuit breaker
-(frontdesk.breaker) named per account.
+(frontdesk.platform.breaker) named per account. The poller (frontdesk.sync.poller) uses
+the same caller.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from uuid import UUID
 
-from frontdesk.appointments import bookings as appointments
-from frontdesk.leads import intake as leads
+from frontdesk.appointments.provider_bookings import ExternalBooking
+from frontdesk.appointments.provider_bookings import upsert_external as upsert_bookings
+from frontdesk.leads.external import ExternalLead, check_external
+from frontdesk.leads.external import upsert_external as upsert_leads
 from frontdesk.observability import logger
-from frontdesk.platform import breaker, jobs, outbox
-from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
+from frontdesk.platform import breaker, jobs
 from frontdesk.platform.db import Database, transaction
 from frontdesk.sync import accounts as provider_accounts
 from frontdesk.sync.providers import (
-    Change,
     ProviderAdapter,
     ProviderBooking,
     ProviderError,
@@ -37,7 +38,9 @@ from frontdesk.sync.providers import (
     ProviderUnavailable,
     adapter_for,
 )
-from frontdesk.sync.webhooks import SYNC_FETCH_JOB
+
+if TYPE_CHECKING:
+    from frontdesk.services import Services
 
 T = TypeVar("T")
 _FETCH_GROUP = 10  # items fetched between two commits (and progress updates)
@@ -45,13 +48,6 @@ _FETCH_GROUP = 10  # items fetched between two commits (and progress updates)
 
 class TransientSyncError(Exception):
     """Worth retrying later: the message fails and SQS redelivers it."""
-
-
-@dataclass(frozen=True)
-class SyncPorts:
-    cipher: EnvelopeCipher
-    blind_index: BlindIndex
-    publisher: outbox.Publisher
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class ProviderCaller:
             provider_accounts.record_error(cur, self._account_id, error)
 
 
-def _adapter(account: provider_accounts.SyncAccount, policy: CallPolicy) -> ProviderAdapter:
+def adapter_of(account: provider_accounts.SyncAccount, policy: CallPolicy) -> ProviderAdapter:
     return adapter_for(
         account.provider, account.api_base_url, account.credentials, policy.timeout_seconds
     )
@@ -144,15 +140,9 @@ def _adapter(account: provider_accounts.SyncAccount, policy: CallPolicy) -> Prov
 # ---------------------------------------------------------------- sync.fetch
 
 
-def run_fetch(
-    db: Database,
-    ports: SyncPorts,
-    policy: CallPolicy,
-    *,
-    job_id: UUID,
-    clinic_id: UUID,
-) -> str:
+def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id: UUID) -> str:
     """Fetch the job's items from the provider and upsert them. Returns the outcome."""
+    db = services.database
     with transaction(db) as cur:
         job = jobs.start_attempt(cur, job_id)
     if job is None or job["clinic_id"] != clinic_id:
@@ -160,7 +150,7 @@ def run_fetch(
     payload = job["payload"]
     account_id = UUID(payload["accountId"])
     account = provider_accounts.sync_account(
-        db, ports.cipher, account_id=account_id, clinic_id=clinic_id
+        db, services.cipher, account_id=account_id, clinic_id=clinic_id
     )
     if account is None or account.status == "disabled":
         with transaction(db) as cur:
@@ -172,11 +162,11 @@ def run_fetch(
     skipped: list[dict[str, str]] = []
     caller = ProviderCaller(db, account_id, policy)
     caller.admit()
-    adapter = _adapter(account, policy)
+    adapter = adapter_of(account, policy)
     for start in range(0, len(items), _FETCH_GROUP):
         group = items[start : start + _FETCH_GROUP]
-        fetched: list[leads.ExternalLead] = []
-        bookings: list[appointments.ExternalBooking] = []
+        fetched: list[ExternalLead] = []
+        bookings: list[ExternalBooking] = []
         for item in group:
             fetch: Callable[[str], ProviderLead | ProviderBooking] = (
                 adapter.fetch_lead if item["resource"] == "lead" else adapter.fetch_booking
@@ -204,27 +194,25 @@ def run_fetch(
                 counts["invalid"] += 1  # the provider's data breaks our rules: skip it
                 continue
             fetched.append(external)
-        with transaction(db) as cur:
-            outcome, outbox_ids = leads.upsert_external(
-                cur,
-                ports.cipher,
-                ports.blind_index,
+        with services.unit_of_work(request_id=job["request_id"]) as uow:
+            outcome = upsert_leads(
+                uow,
+                services.cipher,
+                services.blind_index,
                 clinic_id=clinic_id,
                 provider=account.provider,
                 source=account.provider,
                 items=fetched,
-                request_id=job["request_id"],
             )
             for state in outcome.values():
                 counts[state] += 1
-            booked, reasons, booking_outbox_ids = appointments.upsert_external(
-                cur,
-                ports.cipher,
-                ports.blind_index,
+            booked, reasons = upsert_bookings(
+                uow,
+                services.cipher,
+                services.blind_index,
                 clinic_id=clinic_id,
                 provider=account.provider,
                 items=bookings,
-                request_id=job["request_id"],
             )
             for state in booked.values():
                 booking_counts[state] += 1
@@ -232,12 +220,11 @@ def run_fetch(
                 _note_skipped(skipped, external_id, reason)
             finished = min(len(items), start + len(group))
             jobs.set_progress(
-                cur,
+                uow.cur,
                 job_id,
                 percent=int(100 * finished / max(1, len(items))),
                 message=f"{finished}/{len(items)} fetched",
             )
-        outbox.relay(db, outbox_ids + booking_outbox_ids, ports.publisher)
     result = {
         **counts,
         "bookings": booking_counts,
@@ -267,7 +254,7 @@ _BOOKING_STATUS: dict[str, Literal["booked", "cancelled"]] = {
 _MAX_BOOKING = timedelta(hours=24)
 
 
-def _external_booking(booking: ProviderBooking) -> appointments.ExternalBooking | str:
+def _external_booking(booking: ProviderBooking) -> ExternalBooking | str:
     """The checked booking, or why it is refused (never the values)."""
     status = _BOOKING_STATUS.get(booking.status.strip().lower())
     if status is None:
@@ -277,11 +264,11 @@ def _external_booking(booking: ProviderBooking) -> appointments.ExternalBooking 
         return "startsAt/endsAt: a UTC offset is required"
     if not timedelta(0) < ends - starts <= _MAX_BOOKING:
         return "endsAt: must be after startsAt, at most 24 hours"
-    checked = leads.check_external(booking.name, booking.email, booking.phone, None, False)
+    checked = check_external(booking.name, booking.email, booking.phone, None, False)
     if isinstance(checked, str):
         return f"patient {checked}"
     name, email, phone, _, _ = checked
-    return appointments.ExternalBooking(
+    return ExternalBooking(
         booking.external_id,
         booking.doctor_external_id,
         starts,
@@ -294,29 +281,28 @@ def _external_booking(booking: ProviderBooking) -> appointments.ExternalBooking 
     )
 
 
-def _external(lead: ProviderLead) -> leads.ExternalLead | None:
-    checked = leads.check_external(lead.name, lead.email, lead.phone, lead.notes, lead.consent)
+def _external(lead: ProviderLead) -> ExternalLead | None:
+    checked = check_external(lead.name, lead.email, lead.phone, lead.notes, lead.consent)
     if isinstance(checked, str):
         logger.warning("provider lead skipped", extra={"reason": checked})
         return None
     name, email, phone, notes, consent = checked
-    return leads.ExternalLead(lead.external_id, name, email, phone, notes, consent, lead.updated_at)
+    return ExternalLead(lead.external_id, name, email, phone, notes, consent, lead.updated_at)
 
 
 # ---------------------------------------------------------------- sync.validate
 
 
-def run_validate(
-    db: Database, ports: SyncPorts, policy: CallPolicy, *, job_id: UUID, clinic_id: UUID
-) -> str:
+def run_validate(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id: UUID) -> str:
     """Check saved credentials against the provider; the account's status shows the answer."""
+    db = services.database
     with transaction(db) as cur:
         job = jobs.start_attempt(cur, job_id)
     if job is None or job["clinic_id"] != clinic_id:
         return "already_done"
     account_id = UUID(job["payload"]["accountId"])
     account = provider_accounts.sync_account(
-        db, ports.cipher, account_id=account_id, clinic_id=clinic_id
+        db, services.cipher, account_id=account_id, clinic_id=clinic_id
     )
     if account is None:
         with transaction(db) as cur:
@@ -324,7 +310,7 @@ def run_validate(
         return "failed"
     caller = ProviderCaller(db, account_id, policy)
     try:
-        caller.call(_adapter(account, policy).validate)
+        caller.call(adapter_of(account, policy).validate)
     except ProviderError as exc:  # rejected (unavailable/rate limited became transient)
         with transaction(db) as cur:
             provider_accounts.set_status(cur, account_id, "invalid", str(exc))
@@ -334,128 +320,3 @@ def run_validate(
         provider_accounts.set_status(cur, account_id, "active", None)
         jobs.finish(cur, job_id, status="succeeded", result={"status": "active"})
     return "succeeded"
-
-
-# ---------------------------------------------------------------- the poller
-
-
-def poll_account(
-    db: Database,
-    cipher: EnvelopeCipher,
-    publisher: outbox.Publisher,
-    policy: CallPolicy,
-    *,
-    account_id: UUID,
-    clinic_id: UUID,
-    max_changes: int,
-) -> dict[str, Any]:
-    """List the changes since the cursor; enqueue those no webhook delivered; advance the
-    cursor in the same transaction as the job and its outbox row."""
-    account = provider_accounts.sync_account(db, cipher, account_id=account_id, clinic_id=clinic_id)
-    if account is None or account.status != "active":
-        return {"changes": 0, "missed": 0}
-    caller = ProviderCaller(db, account_id, policy)
-    adapter = _adapter(account, policy)
-    caller.admit()
-    changes: list[Change] = []
-    cursor = account.sync_cursor
-    while len(changes) < max_changes:
-        limit = min(100, max_changes - len(changes))
-        page = caller.call(partial(adapter.list_changes, cursor, limit))
-        changes += page.changes
-        cursor = page.next_cursor
-        if not page.has_more or not page.changes:
-            break
-    outbox_ids: list[int] = []
-    with transaction(db) as cur:
-        cur.execute(
-            """INSERT INTO webhook_deliveries
-                   (account_id, delivery_id, clinic_id, via, resource, external_id)
-               SELECT %(account)s, c.id, %(clinic)s, 'poll', c.resource, c.external_id
-               FROM unnest(%(ids)s::text[], %(resources)s::text[], %(externals)s::text[])
-                   AS c(id, resource, external_id)
-               ON CONFLICT (account_id, delivery_id) DO NOTHING
-               RETURNING delivery_id, resource, external_id""",
-            {
-                "account": account_id,
-                "clinic": clinic_id,
-                "ids": [c.id for c in changes],
-                "resources": [c.resource for c in changes],
-                "externals": [c.external_id for c in changes],
-            },
-        )
-        missed = cur.fetchall()
-        items = list(
-            {
-                (row["resource"], row["external_id"]): {
-                    "resource": row["resource"],
-                    "externalId": row["external_id"],
-                }
-                for row in missed
-            }.values()
-        )
-        job_id = None
-        if items:
-            job_id = jobs.create_job(
-                cur,
-                clinic_id=clinic_id,
-                kind=SYNC_FETCH_JOB,
-                payload={"accountId": str(account_id), "items": items, "via": "poll"},
-                request_id=None,
-            )
-            cur.execute(
-                """UPDATE webhook_deliveries SET job_id = %(job)s
-                   WHERE account_id = %(account)s AND delivery_id = ANY(%(ids)s)""",
-                {"job": job_id, "account": account_id, "ids": [r["delivery_id"] for r in missed]},
-            )
-            outbox_ids.append(
-                outbox.enqueue_job_message(
-                    cur,
-                    queue="sync",
-                    job_id=job_id,
-                    kind=SYNC_FETCH_JOB,
-                    clinic_id=clinic_id,
-                    request_id=None,
-                )
-            )
-        provider_accounts.advance_cursor(cur, account_id, cursor)
-    outbox.relay(db, outbox_ids, publisher)
-    if missed:
-        logger.info(
-            "poller enqueued missed changes",
-            extra={"account_id": str(account_id), "missed": len(missed)},
-        )
-    return {"changes": len(changes), "missed": len(missed), "jobId": job_id and str(job_id)}
-
-
-def poll_all(
-    db: Database,
-    cipher: EnvelopeCipher,
-    publisher: outbox.Publisher,
-    policy: CallPolicy,
-    *,
-    max_changes: int,
-) -> dict[str, int]:
-    """Every active account, one after the other; one account's failure skips only it."""
-    totals = {"accounts": 0, "changes": 0, "missed": 0, "failed": 0}
-    for account_id, clinic_id in provider_accounts.active_account_ids(db):
-        totals["accounts"] += 1
-        try:
-            polled = poll_account(
-                db,
-                cipher,
-                publisher,
-                policy,
-                account_id=account_id,
-                clinic_id=clinic_id,
-                max_changes=max_changes,
-            )
-        except (TransientSyncError, ProviderError) as exc:
-            totals["failed"] += 1
-            with transaction(db) as cur:
-                provider_accounts.record_error(cur, account_id, str(exc))
-            logger.warning("poll failed", extra={"account_id": str(account_id), "error": str(exc)})
-            continue
-        totals["changes"] += polled["changes"]
-        totals["missed"] += polled["missed"]
-    return totals

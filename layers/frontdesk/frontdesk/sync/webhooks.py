@@ -1,5 +1,5 @@
-"""Provider webhooks: signature check over the raw body, then one transaction that records
-the delivery (its id is the replay guard), creates the sync job and writes its outbox row.
+"""Provider webhooks: signature check over the raw body, then one unit of work that records
+the delivery (its id is the replay guard) and starts the sync job.
 
 Signature header (Stripe-style): `Webhook-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>]`
 where v1 = HMAC-SHA256(secret, "<t>." + raw body). Several v1 values let a provider sign
@@ -18,14 +18,15 @@ from typing import Any
 from uuid import UUID
 
 from frontdesk.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from frontdesk.platform import jobs, outbox
 from frontdesk.platform.crypto import EnvelopeCipher
-from frontdesk.platform.db import Database, transaction
+from frontdesk.platform.db import Database
+from frontdesk.platform.queues import JobKind
+from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync import accounts as provider_accounts
 from frontdesk.sync.providers import RESOURCES
+from frontdesk.values import ApiModel
 
 SIGNATURE_HEADER = "Webhook-Signature"
-SYNC_FETCH_JOB = "sync.fetch"
 _MAX_HEADER_LENGTH = 1024
 
 
@@ -115,30 +116,32 @@ def parse_delivery(body: bytes) -> Delivery:
     return delivery
 
 
-@dataclass(frozen=True)
-class Accepted:
+class WebhookAccepted(ApiModel):
     delivery_id: str
     job_id: UUID
     duplicate: bool
 
 
-def accept(
+@dataclass(frozen=True)
+class VerifiedDelivery:
+    account_id: UUID
+    clinic_id: UUID
+    delivery: Delivery
+
+
+def check_delivery(
     db: Database,
     cipher: EnvelopeCipher,
-    publisher: outbox.Publisher,
     *,
     provider: str,
     account_id: UUID,
     body: bytes,
     signature_header: str | None,
-    request_id: str | None,
     tolerance_seconds: int,
     now: float | None = None,
-) -> Accepted:
-    """Verify, then record the delivery and enqueue its sync job in one transaction.
-
-    Nothing here calls the provider: the answer depends on the database only.
-    """
+) -> VerifiedDelivery:
+    """The delivery, once its signature, timestamp and account check out (a short read; the
+    secret is decrypted outside any transaction)."""
     signature = parse_signature(signature_header)
     check_timestamp(
         signature, now=time.time() if now is None else now, tolerance_seconds=tolerance_seconds
@@ -149,55 +152,52 @@ def accept(
     verify(account.webhook_secret, signature, body)
     if account.status == "disabled":
         raise Forbidden("this provider account is disabled")
-    delivery = parse_delivery(body)
-    with transaction(db) as cur:
+    return VerifiedDelivery(account_id, account.clinic_id, parse_delivery(body))
+
+
+def record_delivery(uow: UnitOfWork, verified: VerifiedDelivery) -> WebhookAccepted:
+    """Record the delivery (its id is the replay guard) and start its sync job, in `uow`.
+
+    Nothing here calls the provider: the answer depends on the database only.
+    """
+    account_id, delivery = verified.account_id, verified.delivery
+    cur = uow.cur
+    cur.execute(
+        """INSERT INTO webhook_deliveries
+               (account_id, delivery_id, clinic_id, via, resource, external_id)
+           VALUES (%(account)s, %(delivery)s, %(clinic)s, 'webhook', %(resource)s,
+                   %(external_id)s)
+           ON CONFLICT (account_id, delivery_id) DO NOTHING
+           RETURNING delivery_id""",
+        {
+            "account": account_id,
+            "delivery": delivery.id,
+            "clinic": verified.clinic_id,
+            "resource": delivery.resource,
+            "external_id": delivery.external_id,
+        },
+    )
+    if cur.fetchone() is None:
         cur.execute(
-            """INSERT INTO webhook_deliveries
-                   (account_id, delivery_id, clinic_id, via, resource, external_id)
-               VALUES (%(account)s, %(delivery)s, %(clinic)s, 'webhook', %(resource)s,
-                       %(external_id)s)
-               ON CONFLICT (account_id, delivery_id) DO NOTHING
-               RETURNING delivery_id""",
-            {
-                "account": account_id,
-                "delivery": delivery.id,
-                "clinic": account.clinic_id,
-                "resource": delivery.resource,
-                "external_id": delivery.external_id,
-            },
-        )
-        if cur.fetchone() is None:
-            cur.execute(
-                """SELECT job_id FROM webhook_deliveries
-                   WHERE account_id = %(account)s AND delivery_id = %(delivery)s""",
-                {"account": account_id, "delivery": delivery.id},
-            )
-            row = cur.fetchone()
-            assert row is not None
-            return Accepted(delivery.id, row["job_id"], duplicate=True)
-        job_id = jobs.create_job(
-            cur,
-            clinic_id=account.clinic_id,
-            kind=SYNC_FETCH_JOB,
-            payload={
-                "accountId": str(account_id),
-                "items": [{"resource": delivery.resource, "externalId": delivery.external_id}],
-                "deliveryId": delivery.id,
-            },
-            request_id=request_id,
-        )
-        cur.execute(
-            """UPDATE webhook_deliveries SET job_id = %(job)s
+            """SELECT job_id FROM webhook_deliveries
                WHERE account_id = %(account)s AND delivery_id = %(delivery)s""",
-            {"job": job_id, "account": account_id, "delivery": delivery.id},
+            {"account": account_id, "delivery": delivery.id},
         )
-        outbox_id = outbox.enqueue_job_message(
-            cur,
-            queue="sync",
-            job_id=job_id,
-            kind=SYNC_FETCH_JOB,
-            clinic_id=account.clinic_id,
-            request_id=request_id,
-        )
-    outbox.relay(db, [outbox_id], publisher)
-    return Accepted(delivery.id, job_id, duplicate=False)
+        row = cur.fetchone()
+        assert row is not None
+        return WebhookAccepted(delivery_id=delivery.id, job_id=row["job_id"], duplicate=True)
+    job_id = uow.start_job(
+        JobKind.SYNC_FETCH,
+        verified.clinic_id,
+        {
+            "accountId": str(account_id),
+            "items": [{"resource": delivery.resource, "externalId": delivery.external_id}],
+            "deliveryId": delivery.id,
+        },
+    )
+    cur.execute(
+        """UPDATE webhook_deliveries SET job_id = %(job)s
+           WHERE account_id = %(account)s AND delivery_id = %(delivery)s""",
+        {"job": job_id, "account": account_id, "delivery": delivery.id},
+    )
+    return WebhookAccepted(delivery_id=delivery.id, job_id=job_id, duplicate=False)

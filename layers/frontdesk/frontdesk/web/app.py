@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
-from frontdesk.config import get_settings
+from frontdesk.config import Settings
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
-from frontdesk.web.routes import appointments as routes_appointments
-from frontdesk.web.routes import assistant as routes_assistant
-from frontdesk.web.routes import dashboard as routes_metrics
-from frontdesk.web.routes import dead_letters as routes_dead_letters
-from frontdesk.web.routes import jobs as routes_jobs
-from frontdesk.web.routes import leads as routes_leads
-from frontdesk.web.routes import ops as routes_ops
-from frontdesk.web.routes import sync as routes_sync
+from frontdesk.web.routes import appointments, assistant, dashboard, jobs, leads, ops, sync
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Frontdesk API",
         version="0.1.0",
@@ -24,22 +19,52 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    settings = get_settings()
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        body_rules=routes_sync.body_rules(settings),
+        body_rules=sync.body_rules(settings),
     )
     install_error_handlers(app)
-    for module in (
-        routes_leads,
-        routes_jobs,
-        routes_assistant,
-        routes_appointments,
-        routes_dead_letters,
-        routes_sync,
-        routes_metrics,
-        routes_ops,
-    ):
+    for module in (leads, jobs, assistant, appointments, sync, dashboard, ops):
         app.include_router(module.router)
     return app
+
+
+API_NEEDS = (
+    "database",
+    "kms_key_id",
+    "blind_index",
+    "notifications_queue_url",
+    "llm_queue_url",
+    "sync_queue_url",
+)
+
+
+def make_app() -> FastAPI:
+    """The container's app, configured by the container's settings."""
+    from frontdesk.services import get_services
+
+    return create_app(get_services().settings)
+
+
+def make_handler(app: FastAPI) -> Any:
+    """ApiFunction's Lambda handler: API Gateway HTTP API -> `app` through Mangum."""
+    from aws_lambda_powertools.logging import correlation_paths
+    from mangum import Mangum
+
+    from frontdesk.entry import lambda_handler
+
+    asgi = Mangum(
+        app,
+        lifespan="off",
+        # Without it Mangum base64-encodes problem+json bodies.
+        text_mime_types=["application/json", "application/problem+json"],
+    )
+    handler = lambda_handler(
+        "ApiFunction",
+        API_NEEDS,
+        asgi,
+        correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
+        emits_metrics=False,
+    )
+    return handler

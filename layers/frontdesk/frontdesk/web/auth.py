@@ -16,9 +16,9 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from frontdesk.clinics import clinic_for_form_key
-from frontdesk.config import get_settings
+from frontdesk.config import Settings
 from frontdesk.errors import Forbidden, Unauthorized
-from frontdesk.platform.db import get_database
+from frontdesk.services import Services, get_services
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -33,14 +33,15 @@ class Principal:
     roles: frozenset[str]
 
 
-def _claims(request: Request, credentials: HTTPAuthorizationCredentials | None) -> dict[str, Any]:
+def _claims(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, settings: Settings
+) -> dict[str, Any]:
     event = request.scope.get("aws.event")
     if isinstance(event, dict):
         claims = event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
         if not isinstance(claims, dict):
             raise Unauthorized("a staff token is required")
         return claims
-    settings = get_settings()
     if settings.local_jwt_secret is None or credentials is None:
         raise Unauthorized("a staff token is required")
     import jwt  # the local runtime only
@@ -70,9 +71,10 @@ def _roles(value: Any) -> frozenset[str]:
 def staff(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    services: Annotated[Services, Depends(get_services)],
 ) -> Principal:
-    settings = get_settings()
-    claims = _claims(request, credentials)
+    settings = services.settings
+    claims = _claims(request, credentials, settings)
     try:
         clinic_id = UUID(str(claims.get(settings.tenant_claim, "")))
     except ValueError:
@@ -84,10 +86,13 @@ def staff(
     )
 
 
-def form_clinic(form_key: Annotated[str | None, Depends(form_key_header)]) -> UUID:
+def form_clinic(
+    form_key: Annotated[str | None, Depends(form_key_header)],
+    services: Annotated[Services, Depends(get_services)],
+) -> UUID:
     if not form_key or len(form_key) > 200:
         raise Unauthorized("an X-Form-Key header is required")
-    return clinic_for_form_key(get_database(), form_key)
+    return clinic_for_form_key(services.database, form_key)
 
 
 Staff = Annotated[Principal, Depends(staff)]

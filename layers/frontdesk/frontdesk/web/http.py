@@ -9,11 +9,9 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -189,33 +187,6 @@ class RequestContextMiddleware:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         return media_type == b"application/json" or media_type.endswith(b"+json")
-
-
-def envelope(
-    request: Request,
-    data: Any,
-    *,
-    operation: str,
-    entity: str,
-    affected_ids: list[str],
-    status_code: int = 200,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    started = getattr(request.state, "started", time.perf_counter())
-    meta = {
-        "requestId": request.state.request_id,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "operation": operation,
-        "entity": entity,
-        "success": True,
-        "affectedIds": affected_ids,
-        "executionTimeMs": round((time.perf_counter() - started) * 1000, 2),
-    }
-    return JSONResponse(
-        {"data": jsonable_encoder(data, by_alias=True), "meta": meta},
-        status_code=status_code,
-        headers=headers,
-    )
 
 
 def _slug(title: str) -> str:

@@ -1,6 +1,7 @@
-"""LlmWorker's record handler: one llm queue message -> at most one stored reply.
+"""LlmWorker (the llm queue): one message -> at most one stored reply
+(frontdesk.assistant.replies), a record at a time.
 
-What happens to a message (used with Powertools BatchProcessor, ReportBatchItemFailures):
+What happens to a message:
 - reply stored, or nothing left to do (done, cancelled, duplicate): the record succeeds and
   Lambda deletes the message;
 - permanent model error: the job fails with a readable error and the record succeeds;
@@ -20,18 +21,20 @@ from __future__ import annotations
 
 import math
 import random
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from frontdesk.assistant import conversations as assistant
-from frontdesk.assistant.llm import ChatModel, model_from_settings
-from frontdesk.config import Settings, get_settings
-from frontdesk.errors import PermanentMessageError
+from frontdesk.assistant import replies
+from frontdesk.config import Settings
+from frontdesk.entry import lambda_handler
 from frontdesk.observability import logger, metrics
-from frontdesk.platform.db import get_database
+from frontdesk.platform.queues import JobMessage, Queue
+from frontdesk.services import Services, get_services
+from frontdesk.workers.records import Item, QueueWorker, RecordContext, Retry, one_by_one
+
+NEEDS = ("database", "llm_queue_url")
 
 # SQS limits: DelaySeconds at most 15 minutes, a visibility timeout at most 12 hours.
 MAX_DELAY_SECONDS = 900
@@ -39,19 +42,6 @@ MAX_VISIBILITY_SECONDS = 43_200
 # Time kept back from the Lambda deadline for the two short transactions around the call.
 DEADLINE_MARGIN_SECONDS = 5.0
 MIN_CALL_SECONDS = 1.0
-
-
-@cache
-def chat_model() -> ChatModel:
-    """The container's model client, created on first use."""
-    return model_from_settings(get_settings())
-
-
-def reset_model() -> None:
-    """Close and forget the container's model client (tests, benchmarks)."""
-    if chat_model.cache_info().currsize:
-        chat_model().close()
-    chat_model.cache_clear()
 
 
 def backoff_seconds(
@@ -74,31 +64,17 @@ def call_timeout(settings: Settings, remaining_ms: int | None) -> float:
     return max(MIN_CALL_SECONDS, timeout)
 
 
-def _request_id(record: SQSRecord) -> str | None:
-    attribute = record.message_attributes["requestId"]  # None when absent
-    return attribute.string_value if attribute is not None else None
-
-
-def _queue_url(settings: Settings) -> str:
-    if not settings.llm_queue_url:
-        raise RuntimeError("LLM_QUEUE_URL is not set")
-    return settings.llm_queue_url
-
-
-def _retry_later(record: SQSRecord, seconds: int, settings: Settings) -> None:
-    from frontdesk.platform.aws import client
-
-    client("sqs").change_message_visibility(
-        QueueUrl=_queue_url(settings),
+def _retry_later(services: Services, record: SQSRecord, seconds: int) -> None:
+    services.aws.client("sqs").change_message_visibility(
+        QueueUrl=services.settings.llm_queue_url,
         ReceiptHandle=record.receipt_handle,
         VisibilityTimeout=seconds,
     )
 
 
-def _send_again_later(record: SQSRecord, seconds: float, settings: Settings) -> int:
+def _send_again_later(services: Services, context: RecordContext, seconds: float) -> int:
     """A copy of the message, delayed until the breaker's cool-down is over."""
-    from frontdesk.platform.aws import client
-
+    record = context.record
     delay = min(MAX_DELAY_SECONDS, math.ceil(seconds + random.uniform(0, 1)))
     waits = record.message_attributes["breakerWaits"]
     attributes: dict[str, Any] = {
@@ -107,11 +83,10 @@ def _send_again_later(record: SQSRecord, seconds: float, settings: Settings) -> 
             "StringValue": str(int(waits.string_value or 0) + 1 if waits is not None else 1),
         }
     }
-    request_id = _request_id(record)
-    if request_id:
-        attributes["requestId"] = {"DataType": "String", "StringValue": request_id}
-    client("sqs").send_message(
-        QueueUrl=_queue_url(settings),
+    if context.request_id:
+        attributes["requestId"] = {"DataType": "String", "StringValue": context.request_id}
+    services.aws.client("sqs").send_message(
+        QueueUrl=services.settings.llm_queue_url,
         MessageBody=record.body,
         DelaySeconds=delay,
         MessageAttributes=attributes,
@@ -119,58 +94,53 @@ def _send_again_later(record: SQSRecord, seconds: float, settings: Settings) -> 
     return delay
 
 
-def llm_record(record: SQSRecord, lambda_context: Any = None) -> str:
-    receive_count = int(record.attributes.approximate_receive_count or 1)
-    logger.set_correlation_id(_request_id(record))
-    logger.append_keys(message_id=record.message_id, receive_count=receive_count)
-    settings = get_settings()
+def answer(item: Item[JobMessage], lambda_context: Any) -> str:
+    services = get_services()
+    settings = services.settings
+    context, message = item.context, item.message
+    remaining = lambda_context.get_remaining_time_in_millis() if lambda_context else None
     try:
-        message = assistant.ReplyJobMessage.parse(record.body)
-        remaining = lambda_context.get_remaining_time_in_millis() if lambda_context else None
-        result = assistant.answer(
-            get_database(),
-            chat_model(),
+        result = replies.answer(
+            services.database,
+            services.chat_model,
             message,
-            assistant.WorkerPolicy(
+            replies.WorkerPolicy(
                 breaker_threshold=settings.llm_breaker_failure_threshold,
                 breaker_cooldown_seconds=settings.llm_breaker_cooldown_seconds,
                 history_messages=settings.llm_history_messages,
             ),
             timeout_seconds=call_timeout(settings, remaining),
-            last_attempt=receive_count >= settings.max_receive_count,
+            last_attempt=context.is_last_attempt,
         )
-        if result.outcome == "wait":
-            delay = _send_again_later(record, result.wait_seconds, settings)
-            logger.info("circuit open: message re-sent with a delay", extra={"delay_s": delay})
-            metrics.add_metric(name="LlmBreakerWaits", unit=MetricUnit.Count, value=1)
-            return result.outcome
-    except PermanentMessageError as exc:
-        logger.error("message rejected", extra={"reason": exc.detail})
-        metrics.add_metric(name="MessagesRejected", unit=MetricUnit.Count, value=1)
-        raise
-    except assistant.ReplyDeferred as exc:
+    except replies.ReplyDeferred as exc:
         if exc.dead:
             # Visible again at once: the next receive moves it to the DLQ (SQS counts it
             # past maxReceiveCount) instead of after a whole visibility timeout.
-            _retry_later(record, 0, settings)
+            _retry_later(services, context.record, 0)
             logger.error("reply abandoned after the last attempt", extra={"reason": exc.reason})
             metrics.add_metric(name="LlmRepliesDead", unit=MetricUnit.Count, value=1)
-        else:
-            delay = backoff_seconds(
-                receive_count,
-                settings.llm_retry_base_seconds,
-                settings.llm_retry_max_seconds,
-                hint=exc.retry_after_seconds,
-            )
-            _retry_later(record, delay, settings)
-            logger.warning("reply will be retried", extra={"reason": exc.reason, "delay_s": delay})
-            metrics.add_metric(name="LlmRetries", unit=MetricUnit.Count, value=1)
-        raise
-    finally:
-        logger.remove_keys(["message_id", "receive_count"])
-    logger.info(
-        "assistant reply handled",
-        extra={"job_id": str(message.job_id), "outcome": result.outcome, "tokens": result.tokens},
-    )
-    metrics.add_metric(name=f"LlmReplies_{result.outcome}", unit=MetricUnit.Count, value=1)
+            raise Retry(f"{exc.reason}; the message goes to the DLQ") from exc
+        delay = backoff_seconds(
+            context.receive_count,
+            settings.llm_retry_base_seconds,
+            settings.llm_retry_max_seconds,
+            hint=exc.retry_after_seconds,
+        )
+        _retry_later(services, context.record, delay)
+        raise Retry(f"{exc.reason}; again in {delay} s") from exc
+    if result.outcome == "wait":
+        delay = _send_again_later(services, context, result.wait_seconds)
+        logger.info("circuit open: message re-sent with a delay", extra={"delay_s": delay})
+        metrics.add_metric(name="LlmBreakerWaits", unit=MetricUnit.Count, value=1)
     return result.outcome
+
+
+def describe(message: JobMessage) -> dict[str, Any]:
+    return {"job_id": str(message.job_id)}
+
+
+worker = QueueWorker("Llm", Queue.LLM, one_by_one(answer), "assistant reply", describe)
+
+
+def make_handler() -> Any:
+    return lambda_handler("LlmWorker", NEEDS, worker)

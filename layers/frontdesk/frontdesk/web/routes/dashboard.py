@@ -11,28 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from frontdesk.config import get_settings
-from frontdesk.dashboard import daily_metrics as metrics
-from frontdesk.platform.db import get_database
+from frontdesk.dashboard import daily_metrics
+from frontdesk.dashboard.daily_metrics import DailyMetrics, Freshness, MetricsSummary
 from frontdesk.web.auth import Staff
-from frontdesk.web.http import ERROR_RESPONSES, envelope
+from frontdesk.web.context import Web, WebContext
+from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
 router = APIRouter(tags=["metrics"], responses=ERROR_RESPONSES)
 
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
+F = TypeVar("F", bound=Freshness)
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified (If-None-Match)"}
+}
 
 
-def cache_headers(data: dict[str, Any]) -> dict[str, str]:
-    refresh = get_settings().metrics_refresh_seconds
-    staleness = data["stalenessSeconds"]
-    max_age = 0 if staleness is None else max(0, refresh - staleness)
+def cache_headers(data: Freshness, refresh_seconds: int) -> dict[str, str]:
+    staleness = data.staleness_seconds
+    max_age = 0 if staleness is None else max(0, refresh_seconds - staleness)
     # Everything but the staleness, which changes every second while the numbers do not.
-    stable = {k: v for k, v in data.items() if k != "stalenessSeconds"}
-    digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
+    stable = data.model_dump(mode="json", exclude={"staleness_seconds"})
+    digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
     return {
         "Cache-Control": f"private, max-age={max_age}",
         "ETag": f'W/"{digest[:32]}"',
@@ -41,41 +44,43 @@ def cache_headers(data: dict[str, Any]) -> dict[str, str]:
 
 
 def _answer(
-    request: Request, data: dict[str, Any], if_none_match: str | None, operation: str
-) -> Response:
-    headers = cache_headers(data)
+    web: WebContext, data: F, if_none_match: str | None, operation: str
+) -> Envelope[F] | Response:
+    headers = cache_headers(data, web.services.settings.metrics_refresh_seconds)
     if if_none_match is not None and headers["ETag"] in {
         tag.strip() for tag in if_none_match.split(",")
     }:
         return Response(status_code=304, headers=headers)
-    return envelope(
-        request, data, operation=operation, entity="dailyMetrics", affected_ids=[], headers=headers
-    )
+    return web.ok(data, operation, "dailyMetrics", headers=headers)
 
 
 @router.get(
     "/metrics/daily",
+    response_model=Envelope[DailyMetrics],
     summary="The clinic's pre-calculated days in [from, to] (default: the last 30 days)",
-    responses={304: {"description": "Not modified (If-None-Match)"}},
+    responses=NOT_MODIFIED,
 )
 def read_daily(
-    request: Request,
     staff: Staff,
+    web: Web,
     day_from: Annotated[date | None, Query(alias="from")] = None,
     day_to: Annotated[date | None, Query(alias="to")] = None,
     if_none_match: IfNoneMatch = None,
-) -> Response:
-    data = metrics.daily(
-        get_database(), clinic_id=staff.clinic_id, day_from=day_from, day_to=day_to
+) -> Envelope[DailyMetrics] | Response:
+    data = daily_metrics.daily(
+        web.services.database, clinic_id=staff.clinic_id, day_from=day_from, day_to=day_to
     )
-    return _answer(request, data, if_none_match, "getDailyMetrics")
+    return _answer(web, data, if_none_match, "getDailyMetrics")
 
 
 @router.get(
     "/metrics/summary",
+    response_model=Envelope[MetricsSummary],
     summary="Today against the 7 and the 30 days before it (pre-calculated)",
-    responses={304: {"description": "Not modified (If-None-Match)"}},
+    responses=NOT_MODIFIED,
 )
-def read_summary(request: Request, staff: Staff, if_none_match: IfNoneMatch = None) -> Response:
-    data = metrics.summary(get_database(), clinic_id=staff.clinic_id)
-    return _answer(request, data, if_none_match, "getMetricsSummary")
+def read_summary(
+    staff: Staff, web: Web, if_none_match: IfNoneMatch = None
+) -> Envelope[MetricsSummary] | Response:
+    data = daily_metrics.summary(web.services.database, clinic_id=staff.clinic_id)
+    return _answer(web, data, if_none_match, "getMetricsSummary")

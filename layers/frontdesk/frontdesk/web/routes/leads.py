@@ -2,104 +2,51 @@
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import APIRouter
 
-from frontdesk.leads import intake as leads
-from frontdesk.platform.crypto import get_blind_index, get_cipher
-from frontdesk.platform.db import get_database
-from frontdesk.platform.idempotency import IdempotencyRequest
-from frontdesk.platform.outbox import default_publisher
+from frontdesk.leads import intake
+from frontdesk.leads.intake import LeadCreated, LeadIn, LeadOut
 from frontdesk.web.auth import FormClinic, Staff
-from frontdesk.web.http import ERROR_RESPONSES, Envelope, envelope
+from frontdesk.web.context import Web, Write, WriteContext
+from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
 router = APIRouter(tags=["leads"], responses=ERROR_RESPONSES)
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Retries with the same key return the first response and write nothing new",
-    ),
-]
 
-
-class LeadCreated(BaseModel):
-    id: UUID
-    jobId: UUID
-    duplicateOf: UUID | None
-
-
-@cache
-def lead_ports() -> leads.Ports:
-    return leads.Ports(get_cipher(), get_blind_index(), default_publisher())
-
-
-def _create_lead(
-    request: Request, clinic_id: UUID, lead: leads.LeadIn, idempotency_key: str | None
-) -> JSONResponse:
-    outcome = leads.create_lead(
-        get_database(),
-        lead_ports(),
-        clinic_id=clinic_id,
-        lead=lead,
-        request_id=request.state.request_id,
-        idempotency=IdempotencyRequest.of(idempotency_key, "createLead", lead.model_dump()),
+def _create(web: WriteContext, clinic_id: UUID, lead: LeadIn) -> Envelope[LeadCreated]:
+    services = web.services
+    created = web.run(
+        LeadCreated,
+        "createLead",
+        lead.model_dump(),
+        clinic_id,
+        lambda uow: intake.create_lead(
+            uow, services.cipher, services.blind_index, clinic_id=clinic_id, lead=lead
+        ),
     )
-    return envelope(
-        request,
-        outcome.data,
-        operation="createLead",
-        entity="lead",
-        affected_ids=[outcome.data["id"]],
-        status_code=outcome.status_code,
-        headers={"Idempotent-Replayed": "true"} if outcome.replayed else None,
-    )
+    return web.ok(created, "createLead", "lead", [created.id])
 
 
-@router.post(
-    "/leads",
-    status_code=201,
-    response_model=Envelope[LeadCreated],
-    summary="Create a lead (staff)",
-)
-def create_lead_as_staff(
-    request: Request, staff: Staff, lead: leads.LeadIn, idempotency_key: IdempotencyKey = None
-) -> JSONResponse:
-    return _create_lead(request, staff.clinic_id, lead, idempotency_key)
+@router.post("/leads", status_code=201, summary="Create a lead (staff)")
+def create_lead_as_staff(staff: Staff, lead: LeadIn, web: Write) -> Envelope[LeadCreated]:
+    return _create(web, staff.clinic_id, lead)
 
 
 @router.post(
     "/public/leads",
     status_code=201,
-    response_model=Envelope[LeadCreated],
     summary="Submit a lead from a clinic's web form (X-Form-Key)",
 )
-def create_lead_from_form(
-    request: Request,
-    clinic_id: FormClinic,
-    lead: leads.LeadIn,
-    idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
-    return _create_lead(request, clinic_id, lead, idempotency_key)
+def create_lead_from_form(clinic_id: FormClinic, lead: LeadIn, web: Write) -> Envelope[LeadCreated]:
+    return _create(web, clinic_id, lead)
 
 
-@router.get(
-    "/leads/{lead_id}",
-    response_model=Envelope[leads.LeadOut],
-    summary="Read a lead, decrypted (staff, own clinic)",
-)
-def read_lead(request: Request, staff: Staff, lead_id: UUID) -> JSONResponse:
-    lead = leads.get_lead(get_database(), get_cipher(), clinic_id=staff.clinic_id, lead_id=lead_id)
-    return envelope(
-        request,
-        lead.model_dump(by_alias=True),
-        operation="getLead",
-        entity="lead",
-        affected_ids=[str(lead_id)],
+@router.get("/leads/{lead_id}", summary="Web a lead, decrypted (staff, own clinic)")
+def read_lead(staff: Staff, lead_id: UUID, web: Web) -> Envelope[LeadOut]:
+    services = web.services
+    lead = intake.get_lead(
+        services.database, services.cipher, clinic_id=staff.clinic_id, lead_id=lead_id
     )
+    return web.ok(lead, "getLead", "lead", [lead_id])

@@ -1,57 +1,74 @@
-"""Operator routes (platform operators only): queue health."""
+"""Operator routes (platform operators only): queue health and dead letters.
+
+Queues and dead letters hold every clinic's work, so these need the platform's `operator`
+role; a clinic's admin is not enough."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import APIRouter, Query
 
-from frontdesk.config import get_settings
-from frontdesk.ops.queue_health import queue_health
-from frontdesk.platform.aws import client
+from frontdesk.ops import dead_letters
+from frontdesk.ops.dead_letters import DeadLetter, DeadLetterQueue, ReplayOutcome, ReplayRequest
+from frontdesk.ops.queue_health import Queues, queue_health
 from frontdesk.web.auth import Operator
-from frontdesk.web.http import ERROR_RESPONSES, Envelope, envelope
+from frontdesk.web.context import Web, WebContext
+from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["ops"], responses=ERROR_RESPONSES)
-
-
-class QueueHealth(BaseModel):
-    name: str
-    depth: int | None
-    inFlight: int | None
-    delayed: int | None
-    ageOfOldestMessageSeconds: float | None
-    ageNote: str
-    dlqDepth: int | None
-    error: str | None
-
-
-class Queues(BaseModel):
-    queues: list[QueueHealth]
+router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
 
 
 @router.get(
     "/ops/queues",
-    response_model=Envelope[Queues],
     summary="Each queue's depth, in-flight count and DLQ depth (operators)",
 )
-def read_queues(request: Request, operator: Operator) -> JSONResponse:
+def read_queues(operator: Operator, web: Web) -> Envelope[Queues]:
     # The queues and DLQs template.yaml passes in (*_QUEUE_URL, *_DLQ_URL), none hard-coded.
-    settings = get_settings()
-    dead_letters = settings.dead_letter_queues()
+    settings = web.services.settings
+    dlqs = settings.dead_letter_queues()
     configured = {
-        name: (url, dead_letters[name][0] if name in dead_letters else None)
+        name: (url, dlqs[name][0] if name in dlqs else None)
         for name, url in settings.queue_urls().items()
         if url
     }
-    queues: list[dict[str, Any]] = queue_health(client("sqs"), configured)
-    return envelope(
-        request,
-        {"queues": queues},
-        operation="getQueueHealth",
-        entity="queue",
-        affected_ids=[q["name"] for q in queues],
-        headers={"Cache-Control": "no-store"},
+    found = queue_health(web.services.aws.client("sqs"), configured)
+    names = [q.name for q in found.queues]
+    return web.ok(found, "getQueueHealth", "queue", names, headers={"Cache-Control": "no-store"})
+
+
+def _dlqs(web: WebContext, name: str | None) -> list[DeadLetterQueue]:
+    return dead_letters.queues(web.services.settings.dead_letter_queues(), name)
+
+
+@router.get(
+    "/ops/dead-letters",
+    summary="List dead-lettered messages with their reason, without consuming them (operators)",
+)
+def list_dead_letters(
+    operator: Operator,
+    web: Web,
+    queue: Annotated[
+        str | None,
+        Query(max_length=64, description="The source queue's name (notifications, llm, sync)"),
+    ] = None,
+) -> Envelope[list[DeadLetter]]:
+    services = web.services
+    letters = dead_letters.list_dead_letters(
+        services.database, services.aws.client("sqs"), _dlqs(web, queue)
     )
+    return web.ok(letters, "listDeadLetters", "deadLetter", [m.message_id for m in letters])
+
+
+@router.post(
+    "/ops/dead-letters/replay",
+    summary="Replay dead-lettered messages to their source queue; safe to repeat (operators)",
+)
+def replay_dead_letters(
+    operator: Operator, body: ReplayRequest, web: Web
+) -> Envelope[ReplayOutcome]:
+    services = web.services
+    result = dead_letters.replay(
+        services.database, services.aws.client("sqs"), _dlqs(web, body.queue), body.messageIds
+    )
+    return web.ok(result, "replayDeadLetters", "deadLetter", result.replayed)

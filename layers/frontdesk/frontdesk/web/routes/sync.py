@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import re
 import tempfile
-from functools import cache
-from typing import Annotated, Any
+from typing import IO, Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from frontdesk.config import Settings, get_settings
+from frontdesk.config import Settings
 from frontdesk.errors import InvalidInput
 from frontdesk.leads import imports
-from frontdesk.platform.crypto import get_cipher
-from frontdesk.platform.db import get_database
-from frontdesk.platform.outbox import Publisher, default_publisher
-from frontdesk.sync import accounts as provider_accounts
-from frontdesk.sync import webhooks
-from frontdesk.web.auth import Staff, admin
-from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope, envelope
+from frontdesk.leads.imports import ImportAccepted
+from frontdesk.sync import accounts, webhooks
+from frontdesk.sync.accounts import AccountIn, AccountOut, AccountSaved, CredentialsIn
+from frontdesk.sync.webhooks import WebhookAccepted
+from frontdesk.web.auth import Admin, Staff
+from frontdesk.web.context import Web, WebContext
+from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope
 
 router = APIRouter(tags=["sync"], responses=ERROR_RESPONSES)
 
@@ -49,21 +46,9 @@ def body_rules(settings: Settings) -> tuple[BodyRule, ...]:
     )
 
 
-@cache
-def publisher() -> Publisher:
-    return default_publisher()
-
-
-class WebhookAccepted(BaseModel):
-    deliveryId: str
-    jobId: UUID
-    duplicate: bool
-
-
 @router.post(
     "/webhooks/{provider}/{account_id}",
     status_code=202,
-    response_model=Envelope[WebhookAccepted],
     summary="A provider's webhook (signed: Webhook-Signature t=...,v1=...); 200 for a replay",
     openapi_extra={"security": []},
 )
@@ -71,46 +56,38 @@ async def receive_webhook(
     request: Request,
     provider: str,
     account_id: UUID,
+    web: Web,
     signature: Annotated[str | None, Header(alias="Webhook-Signature")] = None,
-) -> JSONResponse:
+) -> Envelope[WebhookAccepted]:
     body = await request.body()  # the raw bytes the signature covers
-    accepted = await run_in_threadpool(
-        webhooks.accept,
-        get_database(),
-        get_cipher(),
-        publisher(),
+    accepted = await run_in_threadpool(_accept_webhook, web, provider, account_id, body, signature)
+    if accepted.duplicate:
+        # A replay changes nothing; 2xx still, so an honest provider retry stops.
+        web.response.status_code = 200
+    affected = [] if accepted.duplicate else [accepted.job_id]
+    return web.ok(accepted, "receiveWebhook", "webhookDelivery", affected)
+
+
+def _accept_webhook(
+    web: WebContext, provider: str, account_id: UUID, body: bytes, signature: str | None
+) -> WebhookAccepted:
+    services = web.services
+    verified = webhooks.check_delivery(
+        services.database,
+        services.cipher,
         provider=provider,
         account_id=account_id,
         body=body,
         signature_header=signature,
-        request_id=request.state.request_id,
-        tolerance_seconds=get_settings().webhook_tolerance_seconds,
+        tolerance_seconds=services.settings.webhook_tolerance_seconds,
     )
-    return envelope(
-        request,
-        {
-            "deliveryId": accepted.delivery_id,
-            "jobId": str(accepted.job_id),
-            "duplicate": accepted.duplicate,
-        },
-        operation="receiveWebhook",
-        entity="webhookDelivery",
-        affected_ids=[] if accepted.duplicate else [str(accepted.job_id)],
-        # A replay changes nothing; 2xx still, so an honest provider retry stops.
-        status_code=200 if accepted.duplicate else 202,
-    )
-
-
-class ImportAccepted(BaseModel):
-    importId: UUID
-    jobId: UUID
-    rowsTotal: int
+    with services.unit_of_work(request_id=web.request_id) as uow:
+        return webhooks.record_delivery(uow, verified)
 
 
 @router.post(
     "/leads/imports",
     status_code=202,
-    response_model=Envelope[ImportAccepted],
     summary="Import leads from a CSV body (text/csv): 202 with the job that processes it",
     openapi_extra={
         "requestBody": {
@@ -122,8 +99,9 @@ class ImportAccepted(BaseModel):
 async def import_leads(
     request: Request,
     staff: Staff,
+    web: Web,
     source: Annotated[str, Query(description="the leads' source label")] = "csv_import",
-) -> JSONResponse:
+) -> Envelope[ImportAccepted]:
     if not _SOURCE.match(source):
         raise InvalidInput("source: lowercase letters, digits, _ and -, at most 40")
     # Spooled: at most 1 MiB in memory, the rest in a temporary file; never held whole.
@@ -141,144 +119,76 @@ async def import_leads(
         if last != b"\n":
             lines += 1
         created = await run_in_threadpool(
-            imports.store_upload,
-            get_database(),
-            publisher(),
-            clinic_id=staff.clinic_id,
-            source=source,
-            file=spool,
-            size=size,
-            lines=lines,
-            request_id=request.state.request_id,
+            _store_import, web, staff.clinic_id, source, spool, size, lines
         )
-    return envelope(
-        request,
-        created,
-        operation="importLeads",
-        entity="leadImport",
-        affected_ids=[created["importId"]],
-        status_code=202,
-        headers={"Location": f"/jobs/{created['jobId']}", "Retry-After": "1"},
-    )
+    headers = {"Location": f"/jobs/{created.job_id}", "Retry-After": "1"}
+    return web.ok(created, "importLeads", "leadImport", [created.import_id], headers=headers)
 
 
-class AccountSaved(BaseModel):
-    id: UUID
-    status: str
-    jobId: UUID
-    webhookPath: str | None = None
-    webhookSecret: str | None = None
-
-
-class Account(BaseModel):
-    id: UUID
-    provider: str
-    name: str | None
-    apiBaseUrl: str
-    requestsPerSecond: float
-    status: str
-    lastError: str | None
-    syncCursor: str | None
-    validatedAt: str | None
-    lastPolledAt: str | None
-    createdAt: str
-    updatedAt: str
+def _store_import(
+    web: WebContext, clinic_id: UUID, source: str, spool: IO[bytes], size: int, lines: int
+) -> ImportAccepted:
+    with web.services.unit_of_work(request_id=web.request_id) as uow:
+        return imports.store_upload(
+            uow, clinic_id=clinic_id, source=source, file=spool, size=size, lines=lines
+        )
 
 
 @router.post(
     "/provider-accounts",
     status_code=202,
-    response_model=Envelope[AccountSaved],
+    response_model_exclude_none=True,
     summary="Connect a provider (admin): saved at once, credentials checked in the background",
 )
-def create_provider_account(
-    request: Request, staff: Staff, account: provider_accounts.AccountIn
-) -> JSONResponse:
-    admin(staff)
-    settings = get_settings()
-    saved = provider_accounts.create_account(
-        get_database(),
-        get_cipher(),
-        publisher(),
-        clinic_id=staff.clinic_id,
-        account=account,
-        request_id=request.state.request_id,
-        allow_http=settings.provider_allow_http,
-    )
-    return envelope(
-        request,
-        saved,
-        operation="createProviderAccount",
-        entity="providerAccount",
-        affected_ids=[saved["id"]],
-        status_code=202,
-        headers={"Location": f"/jobs/{saved['jobId']}"},
-    )
+def create_provider_account(admin: Admin, account: AccountIn, web: Web) -> Envelope[AccountSaved]:
+    services = web.services
+    with services.unit_of_work(request_id=web.request_id) as uow:
+        saved = accounts.create_account(
+            uow,
+            services.cipher,
+            clinic_id=admin.clinic_id,
+            account=account,
+            allow_http=services.settings.provider_allow_http,
+        )
+    headers = {"Location": f"/jobs/{saved.job_id}"}
+    return web.ok(saved, "createProviderAccount", "providerAccount", [saved.id], headers=headers)
 
 
 @router.put(
     "/provider-accounts/{account_id}/credentials",
     status_code=202,
-    response_model=Envelope[AccountSaved],
+    response_model_exclude_none=True,
     summary="Replace a provider account's credentials (admin); checked in the background",
 )
 def replace_provider_credentials(
-    request: Request, staff: Staff, account_id: UUID, update: provider_accounts.CredentialsIn
-) -> JSONResponse:
-    admin(staff)
-    saved = provider_accounts.replace_credentials(
-        get_database(),
-        get_cipher(),
-        publisher(),
-        clinic_id=staff.clinic_id,
-        account_id=account_id,
-        update=update,
-        request_id=request.state.request_id,
-    )
-    return envelope(
-        request,
-        saved,
-        operation="replaceProviderCredentials",
-        entity="providerAccount",
-        affected_ids=[str(account_id)],
-        status_code=202,
-        headers={"Location": f"/jobs/{saved['jobId']}"},
+    admin: Admin, account_id: UUID, update: CredentialsIn, web: Web
+) -> Envelope[AccountSaved]:
+    services = web.services
+    with services.unit_of_work(request_id=web.request_id) as uow:
+        saved = accounts.replace_credentials(
+            uow, services.cipher, clinic_id=admin.clinic_id, account_id=account_id, update=update
+        )
+    headers = {"Location": f"/jobs/{saved.job_id}"}
+    return web.ok(
+        saved, "replaceProviderCredentials", "providerAccount", [account_id], headers=headers
     )
 
 
 @router.get(
     "/provider-accounts",
-    response_model=Envelope[list[Account]],
     summary="The clinic's provider accounts, without secrets (admin)",
 )
-def list_provider_accounts(request: Request, staff: Staff) -> JSONResponse:
-    admin(staff)
-    accounts: list[dict[str, Any]] = provider_accounts.list_accounts(
-        get_database(), clinic_id=staff.clinic_id
-    )
-    return envelope(
-        request,
-        accounts,
-        operation="listProviderAccounts",
-        entity="providerAccount",
-        affected_ids=[str(a["id"]) for a in accounts],
-    )
+def list_provider_accounts(admin: Admin, web: Web) -> Envelope[list[AccountOut]]:
+    found = accounts.list_accounts(web.services.database, clinic_id=admin.clinic_id)
+    return web.ok(found, "listProviderAccounts", "providerAccount", [a.id for a in found])
 
 
 @router.get(
     "/provider-accounts/{account_id}",
-    response_model=Envelope[Account],
     summary="A provider account's status, last error and cursor, without secrets (admin)",
 )
-def read_provider_account(request: Request, staff: Staff, account_id: UUID) -> JSONResponse:
-    admin(staff)
-    account = provider_accounts.get_account(
-        get_database(), clinic_id=staff.clinic_id, account_id=account_id
+def read_provider_account(admin: Admin, account_id: UUID, web: Web) -> Envelope[AccountOut]:
+    account = accounts.get_account(
+        web.services.database, clinic_id=admin.clinic_id, account_id=account_id
     )
-    return envelope(
-        request,
-        account,
-        operation="getProviderAccount",
-        entity="providerAccount",
-        affected_ids=[str(account_id)],
-    )
+    return web.ok(account, "getProviderAccount", "providerAccount", [account_id])

@@ -1,0 +1,211 @@
+"""The container's services: built once per Lambda container (or local process), reused by
+every invocation.
+
+Settings, AWS clients, the database, envelope encryption and the blind index, the outbox
+publisher and hand-off, the mailer, the SMS sender and the model client. Each is built on
+first use, so a function pays at cold start only for what it touches; anything a test or
+the local runtime wants to replace is given to the constructor
+(`Services(settings, database=..., mailer=...)`). Routes get the container's object
+through `Depends(get_services)`, workers through `get_services()`, and `use_services`
+installs another one in one call. No other module keeps a service of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from frontdesk.config import Settings
+
+if TYPE_CHECKING:
+    from frontdesk.assistant.llm import ChatModel
+    from frontdesk.notifications.channels import Mailer, SmsSender
+    from frontdesk.platform.aws import Aws
+    from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
+    from frontdesk.platform.db import Database
+    from frontdesk.platform.idempotency import IdempotencyRequest
+    from frontdesk.platform.outbox import Publisher
+    from frontdesk.platform.unit_of_work import Handoff, UnitOfWork
+
+T = TypeVar("T")
+SERVICE_NAMES = frozenset(
+    {
+        "aws",
+        "database",
+        "cipher",
+        "blind_index",
+        "publisher",
+        "handoff",
+        "mailer",
+        "sms",
+        "chat_model",
+    }
+)
+
+
+class Services:
+    def __init__(self, settings: Settings | None = None, **given: Any) -> None:
+        unknown = set(given) - SERVICE_NAMES
+        if unknown:
+            raise TypeError(f"unknown services: {', '.join(sorted(unknown))}")
+        self.settings = settings if settings is not None else Settings()
+        self._built: dict[str, Any] = dict(given)
+        self._lock = threading.RLock()
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        built: T | None = self._built.get(name)
+        if built is None:
+            with self._lock:
+                built = self._built.get(name)
+                if built is None:
+                    built = self._built[name] = build()
+        return built
+
+    @property
+    def aws(self) -> Aws:
+        def build() -> Aws:
+            from frontdesk.platform.aws import Aws
+
+            return Aws(self.settings)
+
+        return self._once("aws", build)
+
+    @property
+    def database(self) -> Database:
+        def build() -> Database:
+            from frontdesk.platform.db import SingleConnectionDatabase, conninfo_from_secret
+
+            settings = self.settings
+
+            def conninfo() -> str:
+                if settings.database_url is not None:
+                    return settings.database_url.get_secret_value()
+                return conninfo_from_secret(self.aws.secret(settings.database_secret_arn))
+
+            return SingleConnectionDatabase(
+                conninfo, settings.db_connect_timeout_seconds, settings.db_statement_timeout_ms
+            )
+
+        return self._once("database", build)
+
+    @property
+    def cipher(self) -> EnvelopeCipher:
+        def build() -> EnvelopeCipher:
+            from frontdesk.platform.crypto import EnvelopeCipher, KmsKeyService
+
+            keys = KmsKeyService(self.aws, self.settings.kms_key_id)
+            return EnvelopeCipher(keys, self.settings.data_key_max_age_seconds)
+
+        return self._once("cipher", build)
+
+    @property
+    def blind_index(self) -> BlindIndex:
+        def build() -> BlindIndex:
+            from frontdesk.platform.crypto import BlindIndex
+
+            settings = self.settings
+            if settings.blind_index_key is not None:
+                key = settings.blind_index_key.get_secret_value()
+            else:
+                key = self.aws.secret(settings.blind_index_secret_arn)
+            return BlindIndex(key.encode())
+
+        return self._once("blind_index", build)
+
+    @property
+    def publisher(self) -> Publisher:
+        def build() -> Publisher:
+            from frontdesk.platform.outbox import Publisher
+
+            settings = self.settings
+            return Publisher(self.aws, settings.queue_urls(), settings.event_bus_name)
+
+        return self._once("publisher", build)
+
+    @property
+    def handoff(self) -> Handoff:
+        def build() -> Handoff:
+            from frontdesk.platform.outbox import RelayNow
+
+            return RelayNow(self.database, self.publisher)
+
+        return self._once("handoff", build)
+
+    @property
+    def mailer(self) -> Mailer:
+        def build() -> Mailer:
+            from frontdesk.notifications.channels import SesMailer
+
+            return SesMailer(self.aws)
+
+        return self._once("mailer", build)
+
+    @property
+    def sms(self) -> SmsSender:
+        def build() -> SmsSender:
+            from frontdesk.notifications.channels import SnsSms
+
+            return SnsSms(self.aws)
+
+        return self._once("sms", build)
+
+    @property
+    def chat_model(self) -> ChatModel:
+        def build() -> ChatModel:
+            from frontdesk.assistant.llm import model_from_settings
+
+            return model_from_settings(self.settings, self.aws)
+
+        return self._once("chat_model", build)
+
+    def unit_of_work(
+        self,
+        *,
+        request_id: str | None = None,
+        clinic_id: UUID | None = None,
+        idempotency: IdempotencyRequest | None = None,
+    ) -> UnitOfWork:
+        from frontdesk.platform.unit_of_work import UnitOfWork
+
+        return UnitOfWork(
+            self.database,
+            self.handoff,
+            request_id=request_id,
+            clinic_id=clinic_id,
+            idempotency=idempotency,
+        )
+
+    def close(self) -> None:
+        """Close what holds connections (the model client, the database)."""
+        with self._lock:
+            built, self._built = self._built, {}
+        for name in ("chat_model", "database"):
+            service = built.get(name)
+            if service is not None:
+                service.close()
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    """The container's services, built on first use."""
+    global _services
+    if _services is None:
+        with _lock:
+            if _services is None:
+                _services = Services()
+    return _services
+
+
+def use_services(services: Services | None) -> None:
+    """Install `services` for this process (None: build anew on next use) and close the
+    one it replaces."""
+    global _services
+    with _lock:
+        previous, _services = _services, services
+    if previous is not None and previous is not services:
+        previous.close()

@@ -1,0 +1,127 @@
+"""What a route needs besides its own parameters: the services, the request id, the answer.
+
+A route is an adapter: it takes its typed input, calls one use case and answers with the
+use case's typed result inside the envelope. `Web` gives a route the services and the
+envelope; `Write` adds the unit of work with the request's Idempotency-Key (a route that
+honours the header declares it through `Write`):
+
+    def create_lead(staff: Staff, lead: LeadIn, web: Write) -> Envelope[LeadCreated]:
+        created = web.run(LeadCreated, "createLead", lead, staff.clinic_id,
+                          lambda uow: intake.create_lead(uow, ..., lead=lead))
+        return web.ok(created, "createLead", "lead", [created.id])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel
+
+from frontdesk.platform.idempotency import IdempotencyRequest
+from frontdesk.platform.unit_of_work import UnitOfWork
+from frontdesk.services import Services, get_services
+from frontdesk.web.http import Envelope, Meta
+
+T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
+
+
+class WebContext:
+    def __init__(self, request: Request, response: Response, services: Services) -> None:
+        self.request = request
+        self.response = response
+        self.services = services
+
+    @property
+    def request_id(self) -> str:
+        request_id: str = self.request.state.request_id
+        return request_id
+
+    def ok(
+        self,
+        data: T,
+        operation: str,
+        entity: str,
+        affected_ids: Iterable[UUID | str] = (),
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> Envelope[T]:
+        """The envelope of a successful answer: the data and its meta."""
+        started = getattr(self.request.state, "started", time.perf_counter())
+        if headers:
+            self.response.headers.update(headers)
+        return Envelope[T](
+            data=data,
+            meta=Meta(
+                requestId=self.request_id,
+                timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                operation=operation,
+                entity=entity,
+                success=True,
+                affectedIds=[str(i) for i in affected_ids],
+                executionTimeMs=round((time.perf_counter() - started) * 1000, 2),
+            ),
+        )
+
+
+class WriteContext(WebContext):
+    def __init__(
+        self,
+        request: Request,
+        response: Response,
+        services: Services,
+        idempotency_key: str | None,
+    ) -> None:
+        super().__init__(request, response, services)
+        self.idempotency_key = idempotency_key
+
+    def run(
+        self,
+        result: type[R],
+        operation: str,
+        body: Any,
+        clinic_id: UUID,
+        use_case: Callable[[UnitOfWork], R],
+    ) -> R:
+        """`use_case` in one unit of work, once per Idempotency-Key: a retry with the same
+        key and body answers the stored result (`Idempotent-Replayed: true`), another body
+        is a 422. `operation` and `body` are what the key is checked against."""
+        idempotency = IdempotencyRequest.of(self.idempotency_key, operation, body)
+        with self.services.unit_of_work(
+            request_id=self.request_id, clinic_id=clinic_id, idempotency=idempotency
+        ) as uow:
+            done = uow.run(result, lambda: use_case(uow))
+        if done.replayed:
+            self.response.headers["Idempotent-Replayed"] = "true"
+        return done.value
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def web_context(request: Request, response: Response, services: ServicesDep) -> WebContext:
+    return WebContext(request, response, services)
+
+
+def write_context(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Retries with the same key return the first response and write nothing new",
+        ),
+    ] = None,
+) -> WriteContext:
+    return WriteContext(request, response, services, idempotency_key)
+
+
+Web = Annotated[WebContext, Depends(web_context)]
+Write = Annotated[WriteContext, Depends(write_context)]
