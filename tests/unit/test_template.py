@@ -201,6 +201,44 @@ def handler_problems(template: Template) -> list[str]:
     return problems
 
 
+# A handler file names the frontdesk module whose NEEDS are its settings.
+HANDLER_MODULE = re.compile(r"^from (frontdesk(?:\.\w+)*) import (\w+)", re.MULTILINE)
+# Needs met by either of two variables ("database": a URL locally, a secret in AWS).
+EITHER = {
+    "database": ("DATABASE_URL", "DATABASE_SECRET_ARN"),
+    "blind_index": ("BLIND_INDEX_KEY", "BLIND_INDEX_SECRET_ARN"),
+}
+
+
+def function_needs(template: Template, function: dict[str, Any]) -> tuple[str, ...]:
+    """The settings the function's code checks at cold start (its module's NEEDS)."""
+    import importlib
+
+    code_uri = function_property(template, function, "CodeUri")
+    module_name = str(function_property(template, function, "Handler")).rpartition(".")[0]
+    text = (REPO / str(code_uri) / f"{module_name}.py").read_text(encoding="utf-8")
+    package, name = HANDLER_MODULE.findall(text)[-1]
+    module = importlib.import_module(package)
+    if name != "make_app":  # `from frontdesk.workers import notify`: the worker module
+        module = getattr(module, name, None) or importlib.import_module(f"{package}.{name}")
+    needs: tuple[str, ...] = module.NEEDS
+    return needs
+
+
+def settings_problems(template: Template) -> list[str]:
+    """Every setting a function checks at cold start is in its Environment (or Globals)."""
+    problems = []
+    global_env = template.get("Globals", {}).get("Function", {}).get("Environment", {})
+    for function_id, function in resources(template, "AWS::Serverless::Function").items():
+        own = function.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        variables = {**global_env.get("Variables", {}), **own}
+        for need in function_needs(template, function):
+            names = EITHER.get(need, (need.upper(),))
+            if not any(n in variables for n in names):
+                problems.append(f"{function_id} needs {' or '.join(names)}")
+    return problems
+
+
 def dlq_alarm_problems(template: Template) -> list[str]:
     dlqs = {
         dlq_id
@@ -347,6 +385,15 @@ def test_globals_carry_the_settings_the_code_reads(template: Template) -> None:
         assert "DATABASE_SECRET_ARN" in environment
 
 
+def test_every_function_gets_the_settings_its_code_checks_at_cold_start(
+    template: Template,
+) -> None:
+    # Given each function's handler and the settings its module says it needs (NEEDS)
+    # When they are looked up in its environment (Globals included)
+    # Then none is missing: a function missing one would fail at cold start in AWS
+    assert settings_problems(template) == []
+
+
 # ---------------------------------------------------------------- the checks catch mistakes
 
 
@@ -438,6 +485,15 @@ def test_checks_catch_a_missing_handler_and_an_unwatched_dlq(template: Template)
     # When the checks run / Then both are reported
     assert any("missing.py" in p for p in handler_problems(damaged))
     assert dlq_alarm_problems(damaged)
+
+
+def test_checks_catch_a_function_without_a_setting_it_needs(template: Template) -> None:
+    # Given the LlmWorker without its queue's URL
+    def drop_queue_url(t: Template) -> None:
+        del t["Resources"]["LlmWorker"]["Properties"]["Environment"]["Variables"]["LLM_QUEUE_URL"]
+
+    # When the settings check runs / Then it names the function and the variable
+    assert settings_problems(broken(template, drop_queue_url)) == ["LlmWorker needs LLM_QUEUE_URL"]
 
 
 # ---------------------------------------------------------------- sample events

@@ -35,7 +35,7 @@ from frontdesk.notifications.channels import (
     SmsSender,
     TransientDeliveryError,
 )
-from frontdesk.notifications.staff import Outcome
+from frontdesk.notifications.staff import DeliveryOutcome
 from frontdesk.platform.crypto import EnvelopeCipher, normalise_phone
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import AppointmentEvent, ReminderMessage
@@ -111,10 +111,10 @@ def deliver_patient_batch(
     *,
     sender: str,
     template: str,
-) -> dict[str, Outcome | TransientDeliveryError]:
+) -> dict[str, DeliveryOutcome | TransientDeliveryError]:
     """Send each notice (keyed by SQS message id) once per channel; an outcome per message,
     or the TransientDeliveryError to fail its record with."""
-    results: dict[str, Outcome | TransientDeliveryError] = {}
+    results: dict[str, DeliveryOutcome | TransientDeliveryError] = {}
     first: dict[str, str] = {}
     for message_id, notice in notices.items():
         if notice.notification_id in first:

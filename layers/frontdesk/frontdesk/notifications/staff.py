@@ -30,7 +30,7 @@ from frontdesk.platform.queues import JobMessage
 _CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
 
 
-Outcome = Literal["sent", "already_done", "failed"]
+DeliveryOutcome = Literal["sent", "already_done", "failed"]
 
 
 def deliver_batch(
@@ -41,13 +41,13 @@ def deliver_batch(
     sender: str,
     template: str,
     last_attempts: frozenset[str] = frozenset(),
-) -> dict[str, Outcome | TransientDeliveryError]:
+) -> dict[str, DeliveryOutcome | TransientDeliveryError]:
     """Send what each message (keyed by its SQS message id) asks for, once.
 
     Returns per message id an outcome, or the TransientDeliveryError to fail its record
     with (SQS redelivers it). Messages in `last_attempts` mark their job dead instead.
     """
-    results: dict[str, Outcome | TransientDeliveryError] = {}
+    results: dict[str, DeliveryOutcome | TransientDeliveryError] = {}
     first_of_job: dict[UUID, str] = {}
     for message_id, message in messages.items():
         if message.job_id in first_of_job:

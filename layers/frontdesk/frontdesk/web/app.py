@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-API_NEEDS = (
+NEEDS = (
     "database",
     "kms_key_id",
     "blind_index",
@@ -62,7 +62,7 @@ def make_handler(app: FastAPI) -> Any:
     )
     handler = lambda_handler(
         "ApiFunction",
-        API_NEEDS,
+        NEEDS,
         asgi,
         correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
         emits_metrics=False,

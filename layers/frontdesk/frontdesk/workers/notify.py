@@ -16,7 +16,7 @@ from frontdesk.notifications import patients, staff
 from frontdesk.notifications.patients import PatientNotice
 from frontdesk.platform.queues import JobMessage, Queue, QueueMessage
 from frontdesk.services import get_services
-from frontdesk.workers.records import Item, Outcome, QueueWorker
+from frontdesk.workers.records import Item, QueueWorker, RecordOutcome
 
 NEEDS = (
     "database",
@@ -27,7 +27,9 @@ NEEDS = (
 )
 
 
-def deliver(items: Sequence[Item[QueueMessage]], lambda_context: Any) -> Mapping[str, Outcome]:
+def deliver(
+    items: Sequence[Item[QueueMessage]], lambda_context: Any
+) -> Mapping[str, RecordOutcome]:
     services = get_services()
     settings = services.settings
     jobs: dict[str, JobMessage] = {}
@@ -38,7 +40,7 @@ def deliver(items: Sequence[Item[QueueMessage]], lambda_context: Any) -> Mapping
         else:
             notices[item.context.message_id] = PatientNotice.of(item.message)
     last_attempts = frozenset(i.context.message_id for i in items if i.context.is_last_attempt)
-    outcomes: dict[str, Outcome] = dict(
+    outcomes: dict[str, RecordOutcome] = dict(
         staff.deliver_batch(
             services.database,
             services.mailer,

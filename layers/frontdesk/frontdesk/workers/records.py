@@ -67,15 +67,15 @@ class Item(Generic[M]):
     message: M
 
 
-Outcome = str | Exception
-BatchHandler = Callable[[Sequence[Item[Any]], Any], Mapping[str, Outcome]]
+RecordOutcome = str | Exception
+BatchHandler = Callable[[Sequence[Item[Any]], Any], Mapping[str, RecordOutcome]]
 
 
 def one_by_one(handle: Callable[[Item[Any], Any], str]) -> BatchHandler:
     """A batch handler from a record handler: each record's exception is its own outcome."""
 
-    def handle_batch(items: Sequence[Item[Any]], lambda_context: Any) -> dict[str, Outcome]:
-        outcomes: dict[str, Outcome] = {}
+    def handle_batch(items: Sequence[Item[Any]], lambda_context: Any) -> dict[str, RecordOutcome]:
+        outcomes: dict[str, RecordOutcome] = {}
         for item in items:
             logger.set_correlation_id(item.context.request_id)
             try:
@@ -115,7 +115,7 @@ class QueueWorker:
         metrics.add_metric(name=f"{self.name}Records", unit=MetricUnit.Count, value=len(records))
         contexts = {r.message_id: RecordContext.of(r, max_receive_count) for r in records}
         items: list[Item[Any]] = []
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, RecordOutcome] = {}
         messages: dict[str, Any] = {}
         for record in records:
             try:
