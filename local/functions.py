@@ -1,102 +1,140 @@
-"""Load and invoke the template's functions in this process, logging like `sam local`.
+"""The template's functions, each a pool of execution environments, logging like `sam local`.
 
-Each function's handler module is imported once and kept, as a warm Lambda container
-keeps it; one invocation runs at a time per function, as in a container.
+A function keeps up to its concurrency of environments (local.lambda_runtime): an
+invocation takes an idle one, or starts one (a cold start, with an INIT line) while the
+pool is below its concurrency, or waits for one to finish its invoke phase. Each
+invocation logs a REPORT line once its invoke phase is over (the runtime and every
+extension done), as Lambda's REPORT covers the extensions' time too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
-import time
-import uuid
-from collections.abc import Callable
-from types import ModuleType
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from local.lambda_runtime import Environment, FunctionError, Report
 from local.template import FunctionSpec
 
 log = logging.getLogger("local")
 
-
-class LambdaContext:
-    """The attributes of Lambda's context object that handlers and Powertools read."""
-
-    def __init__(self, function_name: str, timeout_seconds: int, memory_mb: int) -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
-        )
-        self.memory_limit_in_mb = memory_mb
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "local"
-        self._deadline = time.monotonic() + timeout_seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-def load_handler_module(spec: FunctionSpec) -> ModuleType:
-    module_name, _ = spec.handler.rsplit(".", 1)
-    path = spec.code_uri / f"{module_name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"fn_{spec.logical_id}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+__all__ = ["FunctionError", "LocalFunction"]
 
 
 class LocalFunction:
-    """One function's warm container."""
-
-    def __init__(self, spec: FunctionSpec, on_invoked: Callable[[str, Any], None] | None = None):
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        environment: Mapping[str, str],
+        *,
+        concurrency: int = 1,
+        on_invoked: Callable[[str, Any], None] | None = None,
+        snap_start: bool = False,
+    ) -> None:
         self.spec = spec
-        self._handler: Callable[[Any, Any], Any] | None = None
-        self._lock = threading.Lock()
+        self.concurrency = max(1, concurrency)
+        self._environment = dict(environment)
         self._on_invoked = on_invoked
+        self._snap_start = snap_start
+        self._idle: list[Environment] = []
+        self._count = 0  # live environments, idle or busy
+        self._cond = threading.Condition()
+        self._stopped = False
 
-    def _load(self) -> Callable[[Any, Any], Any]:
-        if self._handler is None:
-            started = time.perf_counter()
-            module = load_handler_module(self.spec)
-            self._handler = getattr(module, self.spec.handler.rsplit(".", 1)[1])
-            log.info(
-                "%s INIT Duration: %.1f ms",
-                self.spec.logical_id,
-                (time.perf_counter() - started) * 1000,
-            )
-        return self._handler
+    def _output(self, line: str) -> None:
+        if line.strip():
+            log.info("%s %s", self.spec.logical_id, line)
+
+    def start_environment(self) -> Environment:
+        """A new environment, initialised (a cold start)."""
+        environment = Environment(
+            name=self.spec.logical_id,
+            handler=self.spec.handler,
+            code_dir=self.spec.code_uri,
+            python_path=list(self.spec.layers),
+            environment=self._environment,
+            timeout_seconds=self.spec.timeout,
+            memory_mb=self.spec.memory,
+            on_output=self._output,
+            snap_start=self._snap_start,
+        )
+        init_ms = environment.wait_initialised()
+        log.info("%s INIT Duration: %.1f ms", self.spec.logical_id, init_ms)
+        return environment
+
+    def _acquire(self) -> Environment:
+        with self._cond:
+            while True:
+                if self._stopped:
+                    raise FunctionError({"errorMessage": "the local runtime is stopping"})
+                if self._idle:
+                    return self._idle.pop()
+                if self._count < self.concurrency:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            return self.start_environment()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, environment: Environment) -> None:
+        with self._cond:
+            if environment.dead or self._stopped:
+                self._count -= 1
+                if not environment.dead:
+                    environment.shutdown()
+            else:
+                self._idle.append(environment)
+            self._cond.notify()
 
     def invoke(self, event: Any) -> Any:
-        with self._lock:
-            handler = self._load()
-            context = LambdaContext(self.spec.logical_id, self.spec.timeout, self.spec.memory)
-            records = len(event.get("Records", [])) if isinstance(event, dict) else 0
-            started = time.perf_counter()
-            outcome = "ok"
+        """One invocation's response (FunctionError when the function failed). Returns as
+        soon as the response is there; the environment is busy until its invoke phase ends."""
+        environment = self._acquire()
+        records = len(event.get("Records", [])) if isinstance(event, dict) else 0
+        try:
+            response, finish = environment.invoke(event)
+        except FunctionError as exc:
+            log.info("%s REPORT error %s", self.spec.logical_id, exc.payload.get("errorType", ""))
+            self._release(environment)
+            raise
+        failures = None
+        if records and isinstance(response, dict):
+            failures = len(response.get("batchItemFailures") or [])
+
+        def complete() -> None:
             try:
-                response: Any = handler(event, context)
-            except Exception as exc:
-                outcome = f"error {type(exc).__name__}"
-                raise
+                self._report(finish(), records, failures)
             finally:
-                duration = (time.perf_counter() - started) * 1000
-                failures = ""
-                if outcome == "ok" and records:
-                    failed = len((response or {}).get("batchItemFailures", []))
-                    failures = f" Records: {records} Failures: {failed}"
-                log.info(
-                    "%s REPORT RequestId: %s Duration: %.1f ms%s%s",
-                    self.spec.logical_id,
-                    context.aws_request_id,
-                    duration,
-                    failures,
-                    "" if outcome == "ok" else f" ({outcome})",
-                )
+                self._release(environment)
             if self._on_invoked is not None:
                 self._on_invoked(self.spec.logical_id, response)
-            return response
+
+        threading.Thread(target=complete, name=f"{self.spec.logical_id}-phase", daemon=True).start()
+        return response
+
+    def _report(self, report: Report, records: int, failures: int | None) -> None:
+        extra = f" Records: {records} Failures: {failures}" if failures is not None else ""
+        init = f" Init Duration: {report.init_ms:.1f} ms" if report.init_ms is not None else ""
+        log.info(
+            "%s REPORT RequestId: %s Duration: %.1f ms Invoke phase: %.1f ms%s%s",
+            self.spec.logical_id,
+            report.request_id,
+            report.duration_ms,
+            report.invoke_phase_ms,
+            init,
+            extra,
+        )
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for environment in idle:
+            environment.shutdown()

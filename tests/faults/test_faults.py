@@ -101,7 +101,9 @@ def test_sqs_unreachable_after_commit_the_sweeper_delivers_everything(
 ) -> None:
     # Given SQS and EventBridge unreachable from the API right after its commits
     use_test_services(
-        publisher=unreachable_publisher({"notifications": app.queue_url("NotificationsQueue")})
+        relay_publisher=unreachable_publisher(
+            {"notifications": app.queue_url("NotificationsQueue")}
+        )
     )
     # When 100 leads are posted (each still answered 201) and nothing reached the queue
     accepted = post_leads(api, 100)

@@ -210,7 +210,9 @@ def test_relay_failure_still_answers_201_and_the_sweeper_sends_later(
 ) -> None:
     # Given SQS and EventBridge unreachable for the request (nothing listens on port 9)
     use_test_services(
-        publisher=unreachable_publisher({"notifications": app.queue_url("NotificationsQueue")})
+        relay_publisher=unreachable_publisher(
+            {"notifications": app.queue_url("NotificationsQueue")}
+        )
     )
     # When a lead is posted, it still succeeds
     status, _, body = post_lead(api)

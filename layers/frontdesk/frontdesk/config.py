@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     event_bus_name: str = "default"
     # The sweeper leaves rows younger than this to the post-commit relay.
     outbox_sweep_min_age_seconds: float = Field(default=5.0, ge=0)
+    # The after-response relay's budget: one attempt per call with these timeouts, and all of
+    # an invocation's rows within the total; what is left is the sweeper's.
+    relay_connect_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    relay_read_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    relay_budget_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Set by Lambda: where the Runtime and Extensions APIs listen.
+    aws_lambda_runtime_api: str = Field(default="", validation_alias="AWS_LAMBDA_RUNTIME_API")
 
     # Notifications.
     sender_email: str = "frontdesk@example.com"

@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from frontdesk.platform.aws import Aws
     from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
     from frontdesk.platform.db import Database
+    from frontdesk.platform.handoff import Relay
     from frontdesk.platform.idempotency import IdempotencyRequest
     from frontdesk.platform.outbox import Publisher
-    from frontdesk.platform.unit_of_work import Handoff, UnitOfWork
+    from frontdesk.platform.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 SERVICE_NAMES = frozenset(
@@ -37,6 +38,7 @@ SERVICE_NAMES = frozenset(
         "cipher",
         "blind_index",
         "publisher",
+        "relay_publisher",
         "handoff",
         "mailer",
         "sms",
@@ -125,11 +127,34 @@ class Services:
         return self._once("publisher", build)
 
     @property
-    def handoff(self) -> Handoff:
-        def build() -> Handoff:
-            from frontdesk.platform.outbox import RelayNow
+    def relay_publisher(self) -> Publisher:
+        """The publisher of the after-response relay: its budget's short timeouts and one
+        attempt per call (the sweeper's `publisher` may take its time)."""
 
-            return RelayNow(self.database, self.publisher)
+        def build() -> Publisher:
+            from frontdesk.platform.aws import Aws
+            from frontdesk.platform.outbox import Publisher
+
+            settings = self.settings
+            budget_aws = Aws(
+                settings,
+                connect_timeout=settings.relay_connect_timeout_seconds,
+                read_timeout=settings.relay_read_timeout_seconds,
+                max_attempts=1,
+            )
+            return Publisher(budget_aws, settings.queue_urls(), settings.event_bus_name)
+
+        return self._once("relay_publisher", build)
+
+    @property
+    def handoff(self) -> Relay:
+        """The relay of committed outbox rows, after the response, within its budget."""
+
+        def build() -> Relay:
+            from frontdesk.platform.handoff import Relay
+
+            budget = self.settings.relay_budget_seconds
+            return Relay(self.database, self.relay_publisher, budget)
 
         return self._once("handoff", build)
 

@@ -18,8 +18,20 @@ SECRET_MAX_AGE_SECONDS = 300.0
 
 
 class Aws:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_attempts: int = 2,
+    ) -> None:
+        """Clients with the settings' timeouts, or the given ones (the after-response relay's
+        budget: short timeouts, one attempt)."""
         self._settings = settings
+        self._connect_timeout = connect_timeout or settings.aws_connect_timeout_seconds
+        self._read_timeout = read_timeout or settings.aws_read_timeout_seconds
+        self._max_attempts = max_attempts
         self._session: Any = None
         self._clients: dict[str, Any] = {}
         self._secrets: dict[str, tuple[str, float]] = {}
@@ -35,9 +47,9 @@ class Aws:
 
         settings = self._settings
         config = Config(
-            connect_timeout=settings.aws_connect_timeout_seconds,
-            read_timeout=settings.aws_read_timeout_seconds,
-            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            retries={"max_attempts": self._max_attempts, "mode": "standard"},
         )
         with self._lock:
             if service not in self._clients:

@@ -11,6 +11,7 @@ idempotent, so at-least-once is enough; losing a row is what must never happen.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -87,7 +88,11 @@ class Publisher:
     def _client(self, service: str) -> Any:
         return self._aws.client(service)
 
-    def publish(self, rows: Sequence[dict[str, Any]]) -> RelayResult:
+    def publish(
+        self, rows: Sequence[dict[str, Any]], *, deadline: float | None = None
+    ) -> RelayResult:
+        """Send the rows in batches of ten per destination; batches not started by
+        `deadline` (time.monotonic()) are left unsent."""
         result = RelayResult()
         by_destination: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -95,6 +100,10 @@ class Publisher:
         for (target, destination), group in by_destination.items():
             for start in range(0, len(group), _BATCH):
                 chunk = group[start : start + _BATCH]
+                if deadline is not None and time.monotonic() >= deadline:
+                    for row in chunk:
+                        result.failed[row["id"]] = "the relay's time budget ran out"
+                    continue
                 try:
                     if target == "queue":
                         self._send_messages(destination, chunk, result)
@@ -154,19 +163,11 @@ class Publisher:
 _ROW_COLUMNS = "id, target, destination, payload, request_id"
 
 
-class RelayNow:
-    """The hand-off that relays right after the commit, in the caller's thread."""
-
-    def __init__(self, database: Database, publisher: Publisher) -> None:
-        self._database = database
-        self._publisher = publisher
-
-    def submit(self, outbox_ids: Sequence[int]) -> None:
-        relay(self._database, outbox_ids, self._publisher)
-
-
-def relay(db: Database, ids: Iterable[int], publisher: Publisher) -> RelayResult:
-    """Publish the given rows now (right after their commit). Never raises."""
+def relay(
+    db: Database, ids: Iterable[int], publisher: Publisher, *, deadline: float | None = None
+) -> RelayResult:
+    """Publish the given rows now (right after their commit). Never raises; what it could not
+    send by `deadline` (time.monotonic()) is left to the sweeper."""
     ids = list(ids)
     if not ids:
         return RelayResult()
@@ -177,7 +178,7 @@ def relay(db: Database, ids: Iterable[int], publisher: Publisher) -> RelayResult
                 {"ids": ids},
             )
             rows = cur.fetchall()
-        result = publisher.publish(rows)
+        result = publisher.publish(rows, deadline=deadline)
         _record(db, result)
     except Exception as exc:
         # The rows are committed: the sweeper will send them. The request still succeeds.

@@ -66,5 +66,6 @@ def make_handler(app: FastAPI) -> Any:
         asgi,
         correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
         emits_metrics=False,
+        relay_after_response=True,
     )
     return handler
