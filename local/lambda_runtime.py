@@ -246,6 +246,9 @@ class Environment:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+        self._reader.join(timeout=5)  # the output ends with the process
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self._server.shutdown()
         self._server.server_close()
         with self._cond:
