@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from bench.common import (
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    use_database,
 )
 
 N_BOOKINGS = 400
@@ -49,6 +50,16 @@ CREATE TABLE naive_appointments (
     patient_id uuid NOT NULL, starts_at timestamptz NOT NULL, ends_at timestamptz NOT NULL,
     status text NOT NULL DEFAULT 'booked', source text NOT NULL, doctor_name text NOT NULL,
     patient_name_enc bytea NOT NULL, patient_dek bytea NOT NULL)"""
+
+
+class _NoRelay:
+    """A hand-off that sends nothing: the outbox rows stay in the table."""
+
+    def submit(self, outbox_ids: Sequence[int]) -> None:
+        pass
+
+
+NO_RELAY = _NoRelay()
 
 
 def slot(index: int, first_day: datetime) -> datetime:
@@ -120,11 +131,16 @@ def race(workers: list[Callable[[], Any]]) -> list[Any]:
 def main() -> None:
     from frontdesk.appointments import bookings as appointments
     from frontdesk.appointments import doctors, patients
-    from frontdesk.platform import db
-    from frontdesk.platform.crypto import get_blind_index, get_cipher
-    from frontdesk.platform.db import transaction
-    from frontdesk.platform.outbox import Publisher
-    from tests.support import LambdaContext, http_event, http_response, load_handler
+    from frontdesk.platform.db import PooledDatabase
+    from frontdesk.platform.unit_of_work import UnitOfWork
+    from frontdesk.services import get_services
+    from tests.support import (
+        LambdaContext,
+        http_event,
+        http_response,
+        load_handler,
+        reset_process_state,
+    )
 
     pg = start_postgres()
     moto = start_moto()
@@ -133,24 +149,20 @@ def main() -> None:
         url = pg.fresh_database("bench_appointments")
         export_stack(moto, url)
         clinic = seed_clinic()
-        database = db.get_services().database
+        services = get_services()
+        database = services.database
         hours = [doctors.WorkingHours(weekday=d, start="00:00", end="23:30") for d in range(1, 8)]
-        spec = doctors.DoctorIn(name="Dr. Bench", slotMinutes=30, workingHours=hours)
-        doctor = uuid.UUID(
-            doctors.create_doctor(database, clinic_id=clinic, doctor=spec, request_id=None).data[
-                "id"
-            ]
-        )
-        patient = uuid.UUID(
-            patients.create_patient(
-                database,
-                get_cipher(),
-                get_blind_index(),
+        spec = doctors.DoctorIn(name="Dr. Bench", slot_minutes=30, working_hours=hours)
+        with services.unit_of_work(clinic_id=clinic) as uow:
+            doctor = doctors.create_doctor(uow, clinic_id=clinic, doctor=spec).id
+        with services.unit_of_work(clinic_id=clinic) as uow:
+            patient = patients.create_patient(
+                uow,
+                services.cipher,
+                services.blind_index,
                 clinic_id=clinic,
                 patient=patients.PatientIn(name="Bench Patient", email="p@bench.example"),
-                request_id=None,
-            ).data["id"]
-        )
+            ).id
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(NAIVE_TABLE)
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -174,17 +186,18 @@ def main() -> None:
             handler_s = time.perf_counter() - started
         assert statuses == {201: N_BOOKINGS}, statuses
 
-        # The booking transaction itself (what book() runs before its post-commit relay).
-        ports = appointments.Ports(get_cipher(), get_blind_index(), Publisher({}, "unused"))
+        # The booking transaction itself: book() in a unit of work whose hand-off keeps the
+        # outbox row unsent (the route's unit of work relays it after the commit).
+        cipher, blind_index = services.cipher, services.blind_index
         log(f"{N_BOOKINGS} bookings through the booking transaction")
         first = today + timedelta(days=100)
         started = time.perf_counter()
         for i in range(N_BOOKINGS):
             booking = appointments.BookingIn(
-                doctorId=doctor, patientId=patient, startsAt=slot(i, first)
+                doctor_id=doctor, patient_id=patient, starts_at=slot(i, first)
             )
-            with transaction(database) as cur:
-                appointments._book(cur, ports, clinic, booking, None)
+            with UnitOfWork(database, NO_RELAY, clinic_id=clinic) as uow:
+                appointments.book(uow, cipher, blind_index, clinic_id=clinic, booking=booking)
         book_s = time.perf_counter() - started
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE outbox SET sent_at = now()")  # keep the sweeper-free db tidy
@@ -215,13 +228,12 @@ def main() -> None:
 
         # 2. Contention: 50 bookings of one slot at the same moment.
         contested = slot(10, today + timedelta(days=300))
-        db.get_services().database.close()
-        pool = db.PooledDatabase(url, max_size=CONTENDERS)
-        db.set_database(pool)
+        # The handler's database as a pool (its single connection closed), so threads are
+        # concurrent transactions; the container's other services stay as they are.
+        use_database(PooledDatabase(url, max_size=CONTENDERS))
         with stdout_to_devnull():
             ours = Counter(race([lambda: post(contested)] * CONTENDERS))
-        db.set_database(None)
-        pool.close()
+        reset_process_state()  # closes the pool
         with psycopg.connect(url) as conn:
             our_rows = conn.execute(
                 "SELECT count(*) FROM appointments WHERE starts_at = %s", (contested,)

@@ -31,8 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 
 from bench.common import (
     PRISTINE_ENV,
@@ -51,8 +50,13 @@ from bench.common import (
     stop_runtime,
     wait_for_runtime,
 )
+
+# Module level: FastAPI resolves the blocking route's annotations in this module.
 from frontdesk.assistant import conversations as assistant
-from frontdesk.web.auth import Staff  # module level: FastAPI resolves the route's annotations
+from frontdesk.assistant.conversations import MessageOut, QuestionIn, ReplyAccepted
+from frontdesk.web.auth import Staff
+from frontdesk.web.context import Write
+from frontdesk.web.http import Envelope
 
 MODEL_DELAY_SECONDS = 3.0
 CONCURRENT = 100
@@ -73,50 +77,56 @@ def blocking_handler() -> Any:
     """ApiFunction's app plus a blocking variant of the ask route, behind Mangum."""
     from mangum import Mangum
 
+    from frontdesk.assistant import replies
+    from frontdesk.platform.queues import JobKind, JobMessage
     from frontdesk.services import get_services
     from frontdesk.web.app import create_app
-    from frontdesk.web.http import envelope
-    from frontdesk.web.routes.assistant import _budget, publisher
-    from frontdesk.workers.llm import chat_model
+    from frontdesk.web.routes.assistant import budget
 
     router = APIRouter()
 
     @router.post("/assistant/conversations/{conversation_id}/messages:blocking")
     def ask_and_wait(
-        request: Request, staff: Staff, conversation_id: uuid.UUID, body: assistant.QuestionIn
-    ) -> JSONResponse:
-        db = get_services().database
-        outcome = assistant.ask(
-            db,
-            publisher(),
-            clinic_id=staff.clinic_id,
-            conversation_id=conversation_id,
-            question=body,
-            budget=_budget(),
-            request_id=request.state.request_id,
+        staff: Staff, conversation_id: uuid.UUID, body: QuestionIn, web: Write
+    ) -> Envelope[MessageOut]:
+        # The accepting route's unit of work (question, reply row, job, outbox row, relay)...
+        services = web.services
+        settings = services.settings
+        accepted = web.run(
+            ReplyAccepted,
+            "askAssistant",
+            [str(conversation_id), body.model_dump()],
+            staff.clinic_id,
+            lambda uow: assistant.ask(
+                uow,
+                clinic_id=staff.clinic_id,
+                conversation_id=conversation_id,
+                question=body,
+                budget=budget(settings),
+            ),
         )
-        settings = get_services().settings
-        message = assistant.ReplyJobMessage.model_validate(
-            {
-                "jobId": outcome.data["jobId"],
-                "kind": assistant.REPLY_JOB,
-                "clinicId": staff.clinic_id,
-            }
+        # ... then LlmWorker's code inline, and the reply read back.
+        message = JobMessage(
+            job_id=accepted.job_id, kind=JobKind.ASSISTANT_REPLY, clinic_id=staff.clinic_id
         )
-        assistant.answer(
-            db,
-            chat_model(),
+        replies.answer(
+            services.database,
+            services.chat_model,
             message,
-            assistant.WorkerPolicy(10_000, 1, settings.llm_history_messages),
+            replies.WorkerPolicy(
+                breaker_threshold=10_000,
+                breaker_cooldown_seconds=1,
+                history_messages=settings.llm_history_messages,
+            ),
             timeout_seconds=settings.llm_timeout_seconds,
             last_attempt=True,
         )
         reply = assistant.get_message(
-            db, clinic_id=staff.clinic_id, message_id=uuid.UUID(outcome.data["id"])
+            services.database, clinic_id=staff.clinic_id, message_id=accepted.id
         )
-        return envelope(request, reply, operation="askAndWait", entity="message", affected_ids=[])
+        return web.ok(reply, "askAndWait", "message")
 
-    app = create_app()
+    app = create_app(get_services().settings)
     app.include_router(router)
     return Mangum(app, lifespan="off", text_mime_types=["application/json"])
 
@@ -178,11 +188,11 @@ def new_conversation(api: Any, clinic_id: uuid.UUID) -> str:
 
 
 def purge_llm_queue() -> None:
-    from frontdesk.platform.aws import client
     from frontdesk.services import get_services
 
-    sqs = client("sqs")
-    url = get_services().settings.llm_queue_url
+    services = get_services()
+    sqs = services.aws.client("sqs")
+    url = services.settings.llm_queue_url
     while sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
         sqs.purge_queue(QueueUrl=url)
 
@@ -327,9 +337,9 @@ def bench_end_to_end_in_process(report: Report, stack: Any, clinic_id: uuid.UUID
 
 
 def stack_sqs() -> Any:
-    from frontdesk.platform.aws import client
+    from frontdesk.services import get_services
 
-    return client("sqs")
+    return get_services().aws.client("sqs")
 
 
 def bench_end_to_end_local_runtime(report: Report, postgres: Any) -> None:
@@ -408,7 +418,7 @@ def bench_end_to_end_local_runtime(report: Report, postgres: Any) -> None:
 
 
 def main() -> None:
-    from frontdesk.platform.db import PooledDatabase, set_database
+    from frontdesk.platform.db import PooledDatabase
     from local.fake_llm import FakeLlm
 
     started = time.perf_counter()
@@ -427,11 +437,11 @@ def main() -> None:
             ASSISTANT_REQUESTS_PER_MINUTE="1000000",
             ASSISTANT_TOKENS_PER_DAY="1000000000",
         )
-        from tests.support import reset_process_state
+        from tests.support import reset_process_state, use_test_services
 
-        reset_process_state()
-        # Many requests at once in one process: a pool, as the local server has.
-        set_database(PooledDatabase(database_url, 5, 30_000, POOL_SIZE))
+        # Settings read again (the LLM ones above); many requests at once in one process:
+        # a pool, as the local server has.
+        use_test_services(database=PooledDatabase(database_url, 5, 30_000, POOL_SIZE))
         clinic_id = seed_clinic()
         bench_accept_versus_blocking(report, clinic_id)
         bench_end_to_end_in_process(report, stack, clinic_id)

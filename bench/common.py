@@ -227,6 +227,25 @@ def export_stack(moto: Moto, database_url: str) -> Any:
     return provisioned
 
 
+def use_database(database: Any) -> None:
+    """Install `database` as the container's (closing the one it replaces) and keep its
+    other services as they are: the AWS clients, the cipher's data key, the blind index and
+    the publisher stay warm; the hand-off is rebuilt on `database`."""
+    from frontdesk.services import Services, get_services, use_services
+
+    current = get_services()
+    use_services(
+        Services(
+            current.settings,
+            database=database,
+            aws=current.aws,
+            cipher=current.cipher,
+            blind_index=current.blind_index,
+            publisher=current.publisher,
+        )
+    )
+
+
 def seed_clinic() -> uuid.UUID:
     from frontdesk.clinics import create_clinic
     from frontdesk.services import get_services

@@ -146,7 +146,7 @@ def ms(seconds: float) -> str:
 
 def main() -> None:
     from frontdesk.dashboard import daily_metrics as metrics
-    from frontdesk.platform import db
+    from frontdesk.services import get_services
     from tests.support import LambdaContext, http_event, http_response, load_handler
 
     pg = start_postgres()
@@ -171,7 +171,7 @@ def main() -> None:
             zip(("appointments", "leads", "messages", "patients"), counts, strict=True)
         )
         log(f"generated {details['rows']} in {generate_s:.1f} s")
-        database = db.get_services().database
+        database = get_services().database
         clinic = uuid.UUID(
             psycopg.connect(url).execute("SELECT md5('c1')::uuid").fetchone()[0].hex  # type: ignore[index]
         )
@@ -350,7 +350,7 @@ def main() -> None:
             }
         )
     finally:
-        db.get_services().database.close()
+        get_services().database.close()
         pg.drop_created()
         moto.server.stop()
     table = markdown_table(report.rows)

@@ -95,10 +95,10 @@ def lead_body(i: int) -> dict[str, Any]:
 def empty_notifications_queue() -> None:
     """moto's SendMessageBatch gets slower with every message in the queue (about 7 ms
     empty, 37 ms at 1,000 messages); SQS's does not. Purged, untimed, before each call."""
-    from frontdesk.platform.aws import client
     from frontdesk.services import get_services
 
-    client("sqs").purge_queue(QueueUrl=get_services().settings.notifications_queue_url)
+    services = get_services()
+    services.aws.client("sqs").purge_queue(QueueUrl=services.settings.notifications_queue_url)
 
 
 def time_handler_posts(count: int) -> list[float]:
@@ -159,11 +159,11 @@ def time_bare_inserts(database_url: str, clinic_id: uuid.UUID, count: int) -> li
 def time_moto_round_trips(count: int) -> list[float]:
     """Seconds per pair of the calls one POST's outbox relay makes (SQS send_message_batch
     of one entry + EventBridge put_events of one entry), with the functions' own clients."""
-    from frontdesk.platform.aws import client
     from frontdesk.services import get_services
 
-    settings = get_services().settings
-    sqs, events = client("sqs"), client("events")
+    services = get_services()
+    settings = services.settings
+    sqs, events = services.aws.client("sqs"), services.aws.client("events")
     seconds: list[float] = []
     for i in range(count):
         empty_notifications_queue()
@@ -549,11 +549,11 @@ def bench_ses_reference(calls: int) -> tuple[str, float]:
     """(what was called, seconds per call): the SES call NotifyWorker makes for one batch,
     bare, with the functions' own client: SendBulkTemplatedEmail to a batch's worth of
     destinations when a template is configured, else one SendEmail."""
-    from frontdesk.platform.aws import client
     from frontdesk.services import get_services
 
-    settings = get_services().settings
-    ses = client("ses")
+    services = get_services()
+    settings = services.settings
+    ses = services.aws.client("ses")
     template = getattr(settings, "new_lead_email_template", None)
     started = time.perf_counter()
     for i in range(calls):

@@ -60,9 +60,7 @@ def generated_csv(rows: int) -> bytes:
 
 
 def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
-    from frontdesk.platform.crypto import get_cipher
     from frontdesk.platform.db import transaction
-    from frontdesk.platform.outbox import default_publisher
     from frontdesk.services import get_services
     from frontdesk.sync import accounts as provider_accounts
     from local.fake_provider import FakeProvider
@@ -74,18 +72,14 @@ def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
         credentials=provider_accounts.Credentials(apiKey="k"),
         webhookSecret=SECRET,
     )
-    saved = provider_accounts.create_account(
-        get_services().database,
-        get_cipher(),
-        default_publisher(),
-        clinic_id=clinic_id,
-        account=account,
-        request_id=None,
-        allow_http=True,
-    )
-    with transaction(get_services().database) as cur:
-        provider_accounts.set_status(cur, uuid.UUID(saved["id"]), "active", None)
-    path = f"/webhooks/generic/{saved['id']}"
+    services = get_services()
+    with services.unit_of_work(clinic_id=clinic_id) as uow:
+        saved = provider_accounts.create_account(
+            uow, services.cipher, clinic_id=clinic_id, account=account, allow_http=True
+        )
+    with transaction(services.database) as cur:
+        provider_accounts.set_status(cur, saved.id, "active", None)
+    path = f"/webhooks/generic/{saved.id}"
     fake = FakeProvider()  # used only to build and sign bodies, not started
 
     def deliver(change: dict[str, Any]) -> tuple[int, float]:
@@ -240,10 +234,10 @@ def import_worker() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from frontdesk.platform.crypto import get_blind_index, get_cipher
     from frontdesk.services import get_services
 
-    get_services().database, get_cipher().data_key(), get_blind_index()  # warm, as a container is
+    services = get_services()
+    services.database, services.cipher.data_key(), services.blind_index  # warm, as a container is
     before = _status_mb("VmRSS")
     # Linux: reset the peak (VmHWM) to the current RSS, so the peak is the import's.
     with contextlib.suppress(OSError):
