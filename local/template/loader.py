@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,24 @@ for _name in _TAGGED_FUNCTIONS:
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    """The template as plain data, short-form tags turned into {"Ref": ...}, {"Fn::...": ...}."""
+    """The template as plain data, short-form tags turned into {"Ref": ...}, {"Fn::...": ...}.
+
+    template.yaml itself is parsed once per process (again only when the file changes);
+    every call gets its own deep copy, so callers may change what they get.
+    """
+    if path == TEMPLATE_PATH:
+        stat = path.stat()
+        return copy.deepcopy(_parsed_template_yaml(stat.st_mtime_ns, stat.st_size))
+    return _parse(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_template_yaml(mtime_ns: int, size: int) -> dict[str, Any]:
+    """template.yaml parsed; the arguments only key the cache. Never hand this out as is."""
+    return _parse(TEMPLATE_PATH)
+
+
+def _parse(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as stream:
         template = yaml.load(stream, Loader=CloudFormationLoader)  # noqa: S506 (SafeLoader subclass)
     if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
