@@ -3,7 +3,9 @@
 PostgreSQL: the embedded server (started once per session, data in .frontdesk/) unless
 DATABASE_URL names another one; a template database is migrated once per session and
 each test gets its own copy (CREATE DATABASE ... TEMPLATE), so tests never see each
-other's rows. AWS: one moto server per session, reset before each test that uses it.
+other's rows. AWS: one moto server per session, template.yaml provisioned into it once,
+and what a test can observe of it (queues, sent emails and SMS) reset before each test that
+uses it (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
