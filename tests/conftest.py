@@ -37,6 +37,17 @@ os.environ.update(
 )
 
 
+# The fixtures below that give a test PostgreSQL; a test using any of them, directly or
+# through another fixture, is marked `db`.
+DB_FIXTURES = frozenset({"pg_admin_url", "template_db", "database_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
 def with_dbname(url: str, dbname: str) -> str:
     return conninfo.make_conninfo(url, dbname=dbname)
 

@@ -104,6 +104,7 @@ def notify() -> Any:
 # ---------------------------------------------------------------- SQS unreachable
 
 
+@pytest.mark.slow
 def test_sqs_unreachable_after_commit_the_sweeper_delivers_everything(
     app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +202,7 @@ def llm() -> Iterator[FakeLlm]:
         yield server
 
 
+@pytest.mark.slow
 def test_model_outage_opens_the_breaker_nothing_is_dead_lettered_all_answered_after(
     app: App, llm: FakeLlm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,6 +286,7 @@ poll_once(
 """
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_its_records_are_redelivered_and_processed_once(
     app: App, api: Any, notify: Any
 ) -> None:
