@@ -85,9 +85,12 @@ class SharedStack:
         self.stack: Any = None
         self.environment: dict[str, str] = {}
         self._queue_attributes: dict[str, dict[str, str]] = {}
+        self._clients: dict[str, Any] = {}
 
     def _client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.moto_url)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, endpoint_url=self.moto_url)
+        return self._clients[service]
 
     def provision(self) -> None:
         """Reset moto, provision the template, and remember what each test starts from."""
