@@ -22,6 +22,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# How often the serving loop looks for `stop()`: shutdown() waits up to this long
+# (socketserver's default of 0.5 s adds half a second to every test that stops one).
+STOP_POLL_SECONDS = 0.05
+
 
 class FakeLlm:
     def __init__(self, *, delay_seconds: float = 0.0, model: str = "fake-gpt") -> None:
@@ -39,7 +43,10 @@ class FakeLlm:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-llm", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": STOP_POLL_SECONDS},
+            name="fake-llm",
+            daemon=True,
         )
 
     # ---------------------------------------------------------------- control

@@ -3,7 +3,9 @@
 PostgreSQL: the embedded server (started once per session, data in .frontdesk/) unless
 DATABASE_URL names another one; a template database is migrated once per session and
 each test gets its own copy (CREATE DATABASE ... TEMPLATE), so tests never see each
-other's rows. AWS: one moto server per session, reset before each test that uses it.
+other's rows. AWS: one moto server per session, template.yaml provisioned into it once,
+and what a test can observe of it (queues, sent emails and SMS) reset before each test that
+uses it (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ os.environ.update(
     POWERTOOLS_SERVICE_NAME="frontdesk",
     FRONTDESK_ENV="test",
 )
+
+
+# The fixtures below that give a test PostgreSQL; a test using any of them, directly or
+# through another fixture, is marked `db`.
+DB_FIXTURES = frozenset({"pg_admin_url", "template_db", "database_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
 
 
 def with_dbname(url: str, dbname: str) -> str:

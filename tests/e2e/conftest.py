@@ -1,1 +1,10 @@
-from tests.integration.conftest import api, app, moto_url, notify, stack  # noqa: F401
+"""The runtime's tests reuse the integration fixtures: real PostgreSQL, moto from template.yaml."""
+
+from tests.integration.conftest import (  # noqa: F401
+    api,
+    app,
+    moto_url,
+    notify,
+    shared_stack,
+    stack,
+)

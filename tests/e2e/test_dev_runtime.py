@@ -88,6 +88,7 @@ def state_dir() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_lead_from_the_web_form_reaches_the_clinic_by_email(
     state_dir: Path, database_url: str
 ) -> None:
@@ -127,6 +128,8 @@ def test_a_lead_from_the_web_form_reaches_the_clinic_by_email(
     assert code == 0, dev.output()
 
 
+@pytest.mark.slow
+@pytest.mark.db
 @pytest.mark.skipif("DATABASE_URL" in os.environ, reason="the embedded default is the first run's")
 def test_embedded_default_starts_and_ctrl_c_leaves_no_process_behind(state_dir: Path) -> None:
     # Given `make dev` with nothing configured: its own PostgreSQL and moto

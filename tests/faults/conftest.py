@@ -1,3 +1,10 @@
 """Fault tests reuse the integration fixtures: real PostgreSQL, moto from template.yaml."""
 
-from tests.integration.conftest import api, app, moto_url, notify, stack  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    api,
+    app,
+    moto_url,
+    notify,
+    shared_stack,
+    stack,
+)

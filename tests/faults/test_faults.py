@@ -96,6 +96,7 @@ def lead_books(app: App, accepted: list[dict[str, Any]]) -> dict[str, int]:
 # ---------------------------------------------------------------- SQS unreachable
 
 
+@pytest.mark.slow
 def test_sqs_unreachable_after_commit_the_sweeper_delivers_everything(
     app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,6 +185,7 @@ def llm() -> Iterator[FakeLlm]:
         yield server
 
 
+@pytest.mark.slow
 def test_model_outage_opens_the_breaker_nothing_is_dead_lettered_all_answered_after(
     app: App, llm: FakeLlm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,6 +269,7 @@ poll_once(
 """
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_its_records_are_redelivered_and_processed_once(
     app: App, api: Any, notify: Any
 ) -> None:

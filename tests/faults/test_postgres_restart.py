@@ -49,6 +49,7 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
     control("-m", "fast", "restart")  # running again for the handle's own cleanup
 
 
+@pytest.mark.db
 def test_postgres_restart_is_503_while_down_and_loses_no_accepted_request(
     own_postgres: tuple[Any, str], stack: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,5 @@
-"""Integration fixtures: a moto server provisioned from template.yaml, and a migrated database."""
+"""Integration fixtures: a moto server provisioned from template.yaml once per session and
+reset per test, and a migrated database."""
 
 from __future__ import annotations
 
@@ -38,22 +39,130 @@ def moto_data(moto_url: str) -> dict[str, Any]:
 
 
 def sent_emails(moto_url: str) -> list[SentEmail]:
-    """Every email SES accepted, as moto's data API shows it across processes."""
+    """Every email SES accepted during this test (the `stack` fixture starts the count),
+    as moto's data API shows it across processes."""
     return mail.sent_emails(moto_url)
 
 
-@pytest.fixture
-def stack(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """template.yaml's resources in a freshly reset moto, and every function's environment."""
-    from local.template import load_template, provision
+# Queue attributes SetQueueAttributes takes; a test that changes one (a shorter visibility
+# timeout, say) has it put back before the next test.
+_SETTABLE_QUEUE_ATTRIBUTES = (
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "DelaySeconds",
+    "FifoThroughputLimit",
+    "KmsDataKeyReusePeriodSeconds",
+    "KmsMasterKeyId",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "Policy",
+    "ReceiveMessageWaitTimeSeconds",
+    "RedriveAllowPolicy",
+    "RedrivePolicy",
+    "SqsManagedSseEnabled",
+    "VisibilityTimeout",
+)
 
-    reset = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")  # noqa: S310
-    urllib.request.urlopen(reset).close()  # noqa: S310
-    provisioned = provision(load_template(), boto3.session.Session(), moto_url)
-    for function in provisioned.functions():
-        for name, value in provisioned.function_environment(function.logical_id).items():
-            monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+
+class SharedStack:
+    """template.yaml provisioned once into the session's moto server, and made as good as
+    new for each test: what a test can observe of moto is reset, the rest is kept.
+
+    Per test: every queue and DLQ of the template is purged (moto drops visible, in-flight
+    and delayed messages at once) and gets the attributes it was provisioned with; moto's
+    record of model instances, which its data API (`/moto-api/data.json`) lists, is
+    forgotten, so sent emails and SMS count from the start of the test. Keys, aliases,
+    secrets, the bus, its rules and the SES templates and sender are kept: tests only read
+    them (the secrets some tests add have names of their own).
+
+    The server runs in this process, so moto's in-process mock (`mock_aws`, used by
+    test_local_provision.py) and `/moto-api/reset` wipe it too. A test then finds the
+    template's KMS key gone, and the stack is provisioned again from scratch.
+    """
+
+    def __init__(self, moto_url: str) -> None:
+        self.moto_url = moto_url
+        self.stack: Any = None
+        self.environment: dict[str, str] = {}
+        self._queue_attributes: dict[str, dict[str, str]] = {}
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, endpoint_url=self.moto_url)
+        return self._clients[service]
+
+    def provision(self) -> None:
+        """Reset moto, provision the template, and remember what each test starts from."""
+        from local.template import load_template, provision
+
+        reset = urllib.request.Request(f"{self.moto_url}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset).close()  # noqa: S310
+        stack = provision(load_template(), boto3.session.Session(), self.moto_url)
+        environment: dict[str, str] = {}
+        for function in stack.functions():
+            environment.update(stack.function_environment(function.logical_id))
+        sqs = self._client("sqs")
+        self._queue_attributes = {}
+        for url in self._queue_urls(stack):
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+            self._queue_attributes[url] = {
+                name: value
+                for name, value in attributes["Attributes"].items()
+                if name in _SETTABLE_QUEUE_ATTRIBUTES
+            }
+        self.stack, self.environment = stack, environment
+
+    @staticmethod
+    def _queue_urls(stack: Any) -> list[str]:
+        return [stack.physical[q]["QueueUrl"] for q in stack.resources("AWS::SQS::Queue")]
+
+    def _intact(self) -> bool:
+        """False when moto was reset since the stack was provisioned (its key is gone)."""
+        if self.stack is None:
+            return False
+        kms = self._client("kms")
+        for logical_id in self.stack.resources("AWS::KMS::Key"):
+            try:
+                kms.describe_key(KeyId=self.stack.physical[logical_id]["KeyId"])
+            except kms.exceptions.NotFoundException:
+                return False
+        return True
+
+    def fresh(self) -> Any:
+        """The provisioned stack, its queues empty and moto's records of the last test gone."""
+        from moto.core.model_instances import reset_model_data
+
+        if not self._intact():
+            self.provision()
+        sqs = self._client("sqs")
+        with pytest.MonkeyPatch.context() as patch:
+            # moto refuses a second purge within 60 s, as SQS does, unless told otherwise
+            # (the server reads the setting from this process's environment per request).
+            patch.setenv("MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR", "false")
+            for url, attributes in self._queue_attributes.items():
+                sqs.purge_queue(QueueUrl=url)
+                sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        reset_model_data()
+        return self.stack
+
+
+@pytest.fixture(scope="session")
+def shared_stack(moto_url: str) -> SharedStack:
+    """template.yaml parsed and provisioned once per session (see SharedStack)."""
+    shared = SharedStack(moto_url)
+    shared.provision()
+    return shared
+
+
+@pytest.fixture
+def stack(shared_stack: SharedStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """template.yaml's resources in moto, as new for this test, and every function's
+    environment."""
+    provisioned = shared_stack.fresh()
+    for name, value in shared_stack.environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", shared_stack.moto_url)
     monkeypatch.setenv("DATABASE_SECRET_ARN", "")
     reset_process_state()
     yield provisioned

@@ -91,6 +91,7 @@ def walk(api_schema: Any, examples: int, mode: str, headers: dict[str, str]) -> 
     return counts
 
 
+@pytest.mark.slow
 def test_with_an_admin_token_nothing_is_a_5xx_or_breaks_its_schema(
     api_schema: Any, app: App, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,8 @@ from tests.support import LambdaContext, load_handler, sqs_event
 
 
 def sms_sent(moto_url: str) -> list[tuple[str, str]]:
-    """(phone, message) of every SMS SNS accepted, from moto's data API ("sns" -> "SMS")."""
+    """(phone, message) of every SMS SNS accepted during this test (the `stack` fixture
+    starts the count), from moto's data API ("sns" -> "SMS")."""
     with urllib.request.urlopen(f"{moto_url}/moto-api/data.json") as answer:  # noqa: S310
         sms = json.load(answer).get("sns", {}).get("SMS", [])
     return [(m["phone_number"], m["message"]) for m in sms]

@@ -107,6 +107,7 @@ def test_dead_letters_are_listed_with_their_reason_without_being_consumed(
     assert dlq_depth(app) == 2
 
 
+@pytest.mark.slow
 def test_replay_moves_chosen_messages_back_and_they_are_processed_once(
     app: App, api: Any, notify: Any, dead: dict[str, Any]
 ) -> None:
@@ -186,6 +187,7 @@ def test_unknown_queue_is_404_and_an_empty_choice_is_422(app: App, api: Any) -> 
     assert status == 422
 
 
+@pytest.mark.slow
 def test_the_cli_lists_and_replays_through_the_api(
     app: App, api: Any, dead: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

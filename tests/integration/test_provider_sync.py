@@ -206,6 +206,7 @@ def test_bad_webhooks_are_refused_and_enqueue_nothing(
     assert after == before
 
 
+@pytest.mark.slow
 def test_a_burst_of_500_deliveries_with_duplicates_yields_exactly_the_unique_leads(
     sync_app: App, api: Any, worker: Any, fake: FakeProvider
 ) -> None:

@@ -1,4 +1,4 @@
-"""local/template.py without AWS: loading tags, resolving intrinsics, schedules, stack views."""
+"""local/template/ without AWS: loading tags, resolving intrinsics, schedules, stack views."""
 
 from __future__ import annotations
 
