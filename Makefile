@@ -1,5 +1,8 @@
 # One command each. Every target installs what it needs into .venv first.
-PYTHON ?= python3
+# The Lambda runtime's Python (template.yaml: python3.13); pyenv hides it behind its shims
+# unless PYENV_VERSION names it. SAM CLI has its own virtual environment on python3.
+PYTHON ?= PYENV_VERSION=3.13.0 python3.13
+SAM_PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SAM_VENV := .venv-sam
@@ -9,13 +12,13 @@ export XDG_RUNTIME_DIR ?= $(CURDIR)/.frontdesk/run
 
 .PHONY: dev test test-db lint build bench migrate clean
 
-$(VENV)/.installed: requirements-dev.txt layers/frontdesk/requirements.txt
-	$(PYTHON) -m venv $(VENV)
+$(VENV)/.installed-py313: requirements-dev.txt layers/frontdesk/requirements.txt
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 $(SAM_VENV)/.installed: requirements-sam.txt
-	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-sam.txt
 	touch $@
 
@@ -23,19 +26,19 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 	mkdir -p $@ && chmod 700 $@
 
 ## make dev: the whole system locally (embedded PostgreSQL + moto + API + workers + schedules)
-dev: $(VENV)/.installed .frontdesk/run
+dev: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m local.dev
 
 ## make test: unit, integration, e2e and fault tests
-test: $(VENV)/.installed .frontdesk/run
+test: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m pytest
 
 ## make test-db: only the tests that touch PostgreSQL (CI runs them against DATABASE_URL too)
-test-db: $(VENV)/.installed .frontdesk/run
+test-db: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m pytest tests/integration tests/e2e tests/faults
 
 ## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
-lint: $(VENV)/.installed $(SAM_VENV)/.installed
+lint: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -43,17 +46,19 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml -a cfn_lint_serverless.rules
 	$(SAM) validate --lint
 
-## make build: sam build without Docker (python3.11 on PATH)
-build: $(SAM_VENV)/.installed
-	$(SAM) build --build-dir .aws-sam/build
+## make build: sam build without Docker (python3.13 through pyenv), then bytecode in every
+## artifact: Lambda's code directories are read-only, so a cold start cannot cache it itself
+build: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
+	PYENV_VERSION=3.13.0 $(SAM) build --build-dir .aws-sam/build
+	$(PY) -m compileall -q -j 0 --invalidation-mode unchecked-hash .aws-sam/build
 
 ## make migrate: apply db/migrations to the database at DATABASE_URL (deployments)
-migrate: $(VENV)/.installed
+migrate: $(VENV)/.installed-py313
 	$(PY) -m frontdesk.platform.migrations db/migrations
 
 ## make bench: every benchmark in bench/; results in bench/results/
 BENCHMARKS := run assistant appointments sync metrics
-bench: $(VENV)/.installed .frontdesk/run
+bench: $(VENV)/.installed-py313 .frontdesk/run
 	set -e; for b in $(BENCHMARKS); do \
 	    if [ -f bench/$$b.py ]; then $(PY) -m bench.$$b; fi; \
 	done

@@ -23,7 +23,7 @@ from tests.support import REPO
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20) -> T:
+def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float = 20) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()

@@ -407,7 +407,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
     worker = specs["NotifyWorker"]
     assert worker.code_uri == stack.base_dir / "functions/notify_worker"
     assert (worker.handler, worker.timeout, worker.memory) == ("handler.handler", 30, 512)
-    assert worker.runtime == "python3.11"
+    assert worker.runtime == "python3.13"
     assert worker.layers == (stack.base_dir / "layers/frontdesk",)
 
 

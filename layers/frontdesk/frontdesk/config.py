@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     relay_connect_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
     relay_read_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
     relay_budget_seconds: float = Field(default=2.0, gt=0, le=30)
-    # Set by Lambda: where the Runtime and Extensions APIs listen.
+    # Set by Lambda: where the Runtime and Extensions APIs listen, and "snap-start" when this
+    # init is to be snapshotted (SnapStart).
     aws_lambda_runtime_api: str = Field(default="", validation_alias="AWS_LAMBDA_RUNTIME_API")
+    aws_lambda_initialization_type: str = Field(
+        default="on-demand", validation_alias="AWS_LAMBDA_INITIALIZATION_TYPE"
+    )
 
     # Notifications.
     sender_email: str = "frontdesk@example.com"

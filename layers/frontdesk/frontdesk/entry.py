@@ -21,15 +21,22 @@ def lambda_handler(
     correlation_id_path: str | None = None,
     emits_metrics: bool = True,
     relay_after_response: bool = False,
+    snap_start: bool = False,
 ) -> Handler:
     """`handle` as `function`'s Lambda handler; a ConfigurationError now when a setting it
     needs is missing, instead of at the first event. `emits_metrics`: flush the invocation's
     EMF metrics (functions that add none leave it off). `relay_after_response`: in Lambda,
-    register the internal extension that relays after the response has gone out."""
+    register the internal extension that relays after the response has gone out.
+    `snap_start`: when this init is snapshotted, do the first request's work now and register
+    the runtime hooks (frontdesk.platform.snapstart)."""
     services = get_services()
     services.settings.require(function, needs)
     if relay_after_response and services.settings.aws_lambda_runtime_api:
         start_relay_extension(services)
+    if snap_start and services.settings.aws_lambda_initialization_type == "snap-start":
+        from frontdesk.platform.snapstart import prepare_snapshot
+
+        prepare_snapshot(services)
 
     def invoke(event: dict[str, Any], context: Any) -> Any:
         with get_services().handoff.invocation():

@@ -97,6 +97,12 @@ class EnvelopeCipher:
                 self._remember(encrypted, plaintext, now)
             return self._current
 
+    def forget_keys(self) -> None:
+        """Drop every cached data key (a SnapStart snapshot must hold none)."""
+        with self._lock:
+            self._current = None
+            self._decrypted.clear()
+
     def _remember(self, encrypted: bytes, plaintext: bytes, now: float) -> None:
         self._decrypted[encrypted] = (plaintext, now)
         self._decrypted.move_to_end(encrypted)

@@ -88,6 +88,11 @@ class Publisher:
     def _client(self, service: str) -> Any:
         return self._aws.client(service)
 
+    def warm(self) -> None:
+        """Create the clients now (at init) rather than at the first relay."""
+        self._client("sqs")
+        self._client("events")
+
     def publish(
         self, rows: Sequence[dict[str, Any]], *, deadline: float | None = None
     ) -> RelayResult:

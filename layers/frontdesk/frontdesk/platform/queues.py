@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from frontdesk.errors import PermanentMessageError
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class Queue(StrEnum):
@@ -125,7 +123,7 @@ class AppointmentEvent(BaseModel):
     detail: AppointmentDetail
 
 
-QueueMessage: TypeAlias = JobMessage | ReminderMessage | AppointmentEvent
+type QueueMessage = JobMessage | ReminderMessage | AppointmentEvent
 
 
 def validation_reasons(exc: ValidationError) -> str:
@@ -135,7 +133,7 @@ def validation_reasons(exc: ValidationError) -> str:
     )
 
 
-def parse_model(model: type[M], body: str, what: str) -> M:
+def parse_model[M: BaseModel](model: type[M], body: str, what: str) -> M:
     """The body as `model`; a malformed one is a PermanentMessageError with a reason."""
     try:
         return model.model_validate_json(body)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -32,8 +32,6 @@ from frontdesk.platform.db import Cursor, Database
 from frontdesk.platform.idempotency import IdempotencyRequest
 from frontdesk.platform.queues import EventType, JobKind, JobMessage, Queue
 
-R = TypeVar("R", bound=BaseModel)
-
 
 class Handoff(Protocol):
     """Takes the outbox ids of a committed unit of work and sees them relayed."""
@@ -42,7 +40,7 @@ class Handoff(Protocol):
 
 
 @dataclass(frozen=True)
-class Done(Generic[R]):
+class Done[R: BaseModel]:
     """A use case's result, and whether it is the stored answer of an earlier request."""
 
     value: R
@@ -105,7 +103,7 @@ class UnitOfWork:
 
     # ------------------------------------------------------------ idempotency
 
-    def run(self, result: type[R], write: Callable[[], R]) -> Done[R]:
+    def run[R: BaseModel](self, result: type[R], write: Callable[[], R]) -> Done[R]:
         """`write` once per Idempotency-Key: its result is stored with the change; a request
         that repeats the key gets the stored result and writes nothing."""
         if self._idempotency is None:

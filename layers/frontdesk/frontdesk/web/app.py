@@ -54,6 +54,7 @@ def make_handler(app: FastAPI) -> Any:
 
     from frontdesk.entry import lambda_handler
 
+    _give_the_thread_an_event_loop()
     asgi = Mangum(
         app,
         lifespan="off",
@@ -67,5 +68,20 @@ def make_handler(app: FastAPI) -> Any:
         correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
         emits_metrics=False,
         relay_after_response=True,
+        snap_start=True,
     )
     return handler
+
+
+def _give_the_thread_an_event_loop() -> None:
+    """Mangum looks the thread's event loop up when it is built, which Python 3.12+ deprecates
+    when the thread has none: give it one first (once; later calls reuse it)."""
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            asyncio.get_event_loop()
+        except (RuntimeError, DeprecationWarning):
+            asyncio.set_event_loop(asyncio.new_event_loop())

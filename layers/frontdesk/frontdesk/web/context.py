@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Header, Request, Response
@@ -26,9 +26,6 @@ from frontdesk.platform.idempotency import IdempotencyRequest
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.services import Services, get_services
 from frontdesk.web.http import Envelope, Meta
-
-T = TypeVar("T")
-R = TypeVar("R", bound=BaseModel)
 
 
 class WebContext:
@@ -42,7 +39,7 @@ class WebContext:
         request_id: str = self.request.state.request_id
         return request_id
 
-    def ok(
+    def ok[T](
         self,
         data: T,
         operation: str,
@@ -80,7 +77,7 @@ class WriteContext(WebContext):
         super().__init__(request, response, services)
         self.idempotency_key = idempotency_key
 
-    def run(
+    def run[R: BaseModel](
         self,
         result: type[R],
         operation: str,

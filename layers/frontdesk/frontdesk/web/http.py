@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +30,6 @@ from frontdesk.observability import logger
 PROBLEM_BASE = "https://frontdesk.dev/problems/"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-T = TypeVar("T")
 
 
 class Meta(BaseModel):
@@ -43,7 +42,7 @@ class Meta(BaseModel):
     executionTimeMs: float
 
 
-class Envelope(BaseModel, Generic[T]):
+class Envelope[T](BaseModel):
     data: T
     meta: Meta
 

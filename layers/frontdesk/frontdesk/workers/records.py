@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
@@ -34,8 +34,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from frontdesk.errors import FrontdeskError, PermanentMessageError
 from frontdesk.observability import logger, metrics
 from frontdesk.platform.queues import Queue, QueueMessage, parse
-
-M = TypeVar("M", bound=QueueMessage)
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class RecordContext:
 
 
 @dataclass(frozen=True)
-class Item(Generic[M]):
+class Item[M: QueueMessage]:
     context: RecordContext
     message: M
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import date
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
@@ -24,7 +24,6 @@ from frontdesk.web.http import ERROR_RESPONSES, Envelope
 router = APIRouter(tags=["metrics"], responses=ERROR_RESPONSES)
 
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
-F = TypeVar("F", bound=Freshness)
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (If-None-Match)"}
 }
@@ -43,7 +42,7 @@ def cache_headers(data: Freshness, refresh_seconds: int) -> dict[str, str]:
     }
 
 
-def _answer(
+def _answer[F: Freshness](
     web: WebContext, data: F, if_none_match: str | None, operation: str
 ) -> Envelope[F] | Response:
     headers = cache_headers(data, web.services.settings.metrics_refresh_seconds)
