@@ -32,6 +32,7 @@ from typing import Any
 
 from local.functions import FunctionError, LocalFunction
 from local.mail import render, sent_emails
+from local.state import LocalState
 from local.template import REPO, Provisioned, load_template, provision
 
 log = logging.getLogger("local")
@@ -79,6 +80,10 @@ class DevRuntime:
         database_url = self._start_database()
         aws_url = self._start_aws()
         stack = provision(load_template(), _boto_session(), aws_url)
+        state = LocalState(self.state_dir / "aws-state.json")
+        if self._moto is not None:  # moto in this process: its keys and secrets come back
+            state.keep_aws(stack, _boto_session(), aws_url)
+        redriven = state.redrive(database_url)
         self._subjects = {
             str(spec["TemplateName"]): str(spec.get("SubjectPart", ""))
             for resource in stack.resources("AWS::SES::Template").values()
@@ -99,6 +104,9 @@ class DevRuntime:
         fake_provider_url = self._start_fake_provider()
         self._start_pollers(stack)
         self._start_schedules(stack)
+        if redriven:
+            log.info("re-driving %d outbox rows relayed by the previous run", redriven)
+            self._sweep_now(stack)
         info = {
             "apiUrl": api_url,
             "awsEndpointUrl": aws_url,
@@ -318,6 +326,24 @@ class DevRuntime:
             thread.start()
             self.threads.append(thread)
             log.info("%s fires on %s", function.spec.logical_id, schedule.expression)
+
+    def _sweep_now(self, stack: Provisioned) -> None:
+        """Run the OutboxSweeper once now rather than at its next minute."""
+        sweeper = next((s for s in stack.schedules() if "Sweep" in s.function_logical_id), None)
+        if sweeper is None:
+            return
+        function = self.functions[sweeper.function_logical_id]
+        event = sweeper.event_at(datetime.now(UTC))
+
+        def sweep() -> None:
+            try:
+                function.invoke(event)
+            except FunctionError as exc:
+                log.warning("%s failed: %s", function.spec.logical_id, exc)
+
+        thread = threading.Thread(target=sweep, name="redrive", daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     # ------------------------------------------------------------------ observe
 
