@@ -46,6 +46,9 @@ _LOCAL_SETTINGS = {
     "FRONTDESK_ENV": "local",
     # The fake provider listens on plain HTTP on loopback.
     "PROVIDER_ALLOW_HTTP": "true",
+    # The embedded PostgreSQL: no TLS, no RDS Proxy in between.
+    "DB_SSLMODE": "prefer",
+    "DB_STARTUP_OPTIONS": "true",
 }
 # Environments per function when its events name none (the API's pool, a schedule's one).
 API_CONCURRENCY = 4

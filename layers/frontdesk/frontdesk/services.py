@@ -77,23 +77,29 @@ class Services:
 
         return self._once("aws", build)
 
+    def conninfo(self, url: SecretStr | None = None, host: str = "") -> str:
+        """A connection string: `url` if given, else the database secret at the endpoint
+        `host` (the writer's, DATABASE_HOST, when empty)."""
+        settings = self.settings
+        if url is not None:
+            return url.get_secret_value()
+        if settings.database_url is not None and not host:
+            return settings.database_url.get_secret_value()
+        from frontdesk.platform.db import conninfo_from_secret
+
+        return conninfo_from_secret(
+            self.aws.secret(settings.database_secret_arn),
+            host=host or settings.database_host,
+            port=settings.database_port,
+            dbname=settings.database_name,
+        )
+
     def _connection(self, url: SecretStr | None, host: str) -> Database:
         """One lazily opened connection: to `url`, else the secret at the endpoint `host`."""
-        from frontdesk.platform.db import SingleConnectionDatabase, conninfo_from_secret
+        from frontdesk.platform.db import SingleConnectionDatabase
 
-        settings = self.settings
-
-        def conninfo() -> str:
-            if url is not None:
-                return url.get_secret_value()
-            return conninfo_from_secret(
-                self.aws.secret(settings.database_secret_arn),
-                host=host,
-                port=settings.database_port,
-                dbname=settings.database_name,
-            )
-
-        return SingleConnectionDatabase(conninfo, options=settings.connect_options())
+        options = self.settings.connect_options()
+        return SingleConnectionDatabase(lambda: self.conninfo(url, host), options=options)
 
     @property
     def database(self) -> Database:

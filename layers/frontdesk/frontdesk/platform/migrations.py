@@ -2,15 +2,23 @@
 
 Each file runs in its own transaction together with its row in schema_migrations, so a
 failed migration leaves nothing half-applied, and two processes migrating at once apply
-each file once.
+each file once. The files ship in the layer too (`frontdesk/migrations`), where
+MigrateFunction applies them during a deploy (frontdesk.platform.schema_resource).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
+
+if TYPE_CHECKING:
+    from frontdesk.platform.db import ConnectOptions
+
+# db/migrations in the repository (a link), a copy of it in the built layer.
+PACKAGED = Path(__file__).resolve().parent.parent / "migrations"
 
 _LOCK_ID = 0x46524F4E54  # "FRONT": any constant shared by every migrator
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -25,10 +33,53 @@ def pending(directory: Path) -> list[tuple[int, Path]]:
     return files
 
 
-def migrate(conninfo: str, directory: Path) -> list[str]:
-    """Apply every migration not applied yet; return the names applied."""
+class MigrationFailed(RuntimeError):
+    """A migration's error, naming its file and, where PostgreSQL points at one, the
+    statement; nothing of that file was applied."""
+
+    def __init__(self, name: str, error: psycopg.Error, sql: str) -> None:
+        self.name = name
+        diag = error.diag
+        message = diag.message_primary or str(error).strip()
+        self.sqlstate = diag.sqlstate or ""
+        self.statement = failing_statement(sql, diag.statement_position)
+        where = f" in: {self.statement}" if self.statement else ""
+        super().__init__(f"{name} failed ({self.sqlstate} {message}){where}")
+
+
+def failing_statement(sql: str, position: str | None) -> str:
+    """The statement around PostgreSQL's error position (1-based, in the whole file)."""
+    if not position or not position.isdigit():
+        return ""
+    at = min(int(position) - 1, len(sql))
+    start = sql.rfind(";", 0, at) + 1
+    end = sql.find(";", at)
+    statement = sql[start : end if end >= 0 else len(sql)]
+    lines = [line for line in statement.splitlines() if not line.strip().startswith("--")]
+    return " ".join(" ".join(lines).split())[:300]
+
+
+def migrate(
+    conninfo: str,
+    directory: Path,
+    options: ConnectOptions | None = None,
+    *,
+    lock_timeout_ms: int | None = None,
+) -> list[str]:
+    """Apply every migration not applied yet; return the names applied.
+
+    `options`: TLS and the like, as the functions connect; `lock_timeout_ms`: give up
+    (psycopg.errors.LockNotAvailable) rather than wait longer for the advisory lock or a
+    table lock (a deploy must not queue behind a long transaction and block the app)."""
+    from frontdesk.platform.db import connect_kwargs
+
+    kwargs = connect_kwargs(options=options) if options is not None else {}
+    kwargs.pop("row_factory", None)
+    kwargs["autocommit"] = True
     applied: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, **kwargs) as conn:
+        if lock_timeout_ms is not None:
+            conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
         try:
             conn.execute(
@@ -41,12 +92,16 @@ def migrate(conninfo: str, directory: Path) -> list[str]:
             for version, path in pending(directory):
                 if version in done:
                     continue
-                with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[arg-type,unused-ignore]
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        (version, path.name),
-                    )
+                sql = path.read_text()
+                try:
+                    with conn.transaction():
+                        conn.execute(sql)  # type: ignore[arg-type,unused-ignore]
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            (version, path.name),
+                        )
+                except psycopg.Error as exc:
+                    raise MigrationFailed(path.name, exc, sql) from exc
                 applied.append(path.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
