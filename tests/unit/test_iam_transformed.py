@@ -8,22 +8,8 @@ import copy
 import json
 from typing import Any
 
-import pytest
-
 from local.template import load_template, references
-
-# Managed policies SAM attaches by itself, each for a reason (name -> why).
-MANAGED = {
-    "AWSLambdaBasicExecutionRole": "CloudWatch Logs for the function's own log group",
-    "AWSXrayWriteOnlyAccess": "Tracing: Active; X-Ray's PutTraceSegments has no resource ARNs",
-    # The event source mapping polls with the function's role; SAM attaches this AWS-managed
-    # policy (sqs:ReceiveMessage/DeleteMessage/GetQueueAttributes on "*") for SQS events and
-    # the template cannot narrow it without giving up SAM's SQS event type.
-    "AWSLambdaSQSQueueExecutionRole": "SQS event sources (the Lambda poller)",
-    # VpcConfig: Lambda creates and deletes the function's network interfaces in the
-    # private subnets; EC2's interface actions take no resource ARNs.
-    "AWSLambdaVPCAccessExecutionRole": "VpcConfig (network interfaces in the private subnets)",
-}
+from tests.unit.conftest import MANAGED
 
 # Inline statements that need "*", each with why (checked by Sid).
 WILDCARD_RESOURCE_SIDS = {
@@ -37,34 +23,6 @@ NAMED_ELSEWHERE = {
     # LLM_MODEL carries the model id the code sends; the ARN only scopes the permission.
     ("LlmWorker", "BedrockModelArn"): "the Bedrock model LLM_MODEL names",
 }
-
-
-class _PolicyLoader:
-    """samtranslator asks IAM for managed policy ARNs; offline, it gets the ones above."""
-
-    def load(self) -> dict[str, str]:
-        return {name: f"arn:aws:iam::aws:policy/{name}" for name in MANAGED}
-
-
-@pytest.fixture(scope="module")
-def transformed(monkeypatch_module: pytest.MonkeyPatch) -> dict[str, Any]:
-    from samtranslator.translator.transform import transform
-
-    template = copy.deepcopy(load_template())
-    for resource in template["Resources"].values():
-        properties = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in properties:  # what `sam package` does: code in S3
-                properties[key] = "s3://frontdesk-artifacts/code.zip"
-    monkeypatch_module.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    result: dict[str, Any] = transform(template, {}, _PolicyLoader())
-    return result
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Any:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 def _roles(transformed: dict[str, Any]) -> dict[str, dict[str, Any]]:
