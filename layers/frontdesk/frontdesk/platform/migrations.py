@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -34,29 +34,85 @@ def pending(directory: Path) -> list[tuple[int, Path]]:
 
 
 class MigrationFailed(RuntimeError):
-    """A migration's error, naming its file and, where PostgreSQL points at one, the
-    statement; nothing of that file was applied."""
+    """A migration's error, naming its file and the statement PostgreSQL refused; nothing
+    of that file was applied."""
 
-    def __init__(self, name: str, error: psycopg.Error, sql: str) -> None:
+    def __init__(self, name: str, error: psycopg.Error, statement: str) -> None:
         self.name = name
         diag = error.diag
         message = diag.message_primary or str(error).strip()
         self.sqlstate = diag.sqlstate or ""
-        self.statement = failing_statement(sql, diag.statement_position)
+        self.statement = " ".join(statement.split())[:300]
         where = f" in: {self.statement}" if self.statement else ""
         super().__init__(f"{name} failed ({self.sqlstate} {message}){where}")
 
 
-def failing_statement(sql: str, position: str | None) -> str:
-    """The statement around PostgreSQL's error position (1-based, in the whole file)."""
-    if not position or not position.isdigit():
-        return ""
-    at = min(int(position) - 1, len(sql))
-    start = sql.rfind(";", 0, at) + 1
-    end = sql.find(";", at)
-    statement = sql[start : end if end >= 0 else len(sql)]
-    lines = [line for line in statement.splitlines() if not line.strip().startswith("--")]
-    return " ".join(" ".join(lines).split())[:300]
+def statements(sql: str) -> list[str]:
+    """The file's statements: split at semicolons outside quotes, dollar-quoted bodies and
+    comments; comments dropped."""
+    found: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if sql.startswith("--", i):
+            i = sql.find("\n", i) if "\n" in sql[i:] else n
+            continue
+        if sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            continue
+        if char in "'\"":
+            end = i + 1
+            while end < n and not (sql[end] == char and sql[end + 1 : end + 2] != char):
+                end += 2 if sql[end] == char else 1
+            current.append(sql[i : end + 1])
+            i = end + 1
+            continue
+        tag = re.match(r"\$[A-Za-z_]*\$", sql[i:]) if char == "$" else None
+        if tag:
+            end = sql.find(tag.group(0), i + len(tag.group(0)))
+            end = n if end < 0 else end + len(tag.group(0))
+            current.append(sql[i:end])
+            i = end
+            continue
+        if char == ";":
+            statement = "".join(current).strip()
+            if statement:
+                found.append(statement)
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    statement = "".join(current).strip()
+    if statement:
+        found.append(statement)
+    return found
+
+
+def _failing_statement(conn: psycopg.Connection[Any], sql: str) -> tuple[str, psycopg.Error]:
+    """Run the file again one statement at a time, in a transaction that is rolled back,
+    to find the statement that fails (PostgreSQL does not say which of a file's did)."""
+    error: psycopg.Error | None = None
+    failed = ""
+    try:
+        with conn.transaction():
+            for statement in statements(sql):
+                try:
+                    conn.execute(statement)  # type: ignore[arg-type,unused-ignore]
+                except psycopg.Error as exc:
+                    error, failed = exc, statement
+                    break
+            raise _Rollback
+    except _Rollback:
+        pass
+    if error is None:
+        raise RuntimeError("the migration failed as a whole but not statement by statement")
+    return failed, error
+
+
+class _Rollback(Exception):
+    """Leaves a transaction by rolling it back."""
 
 
 def migrate(
@@ -101,7 +157,13 @@ def migrate(
                             (version, path.name),
                         )
                 except psycopg.Error as exc:
-                    raise MigrationFailed(path.name, exc, sql) from exc
+                    if conn.broken or conn.closed:
+                        raise MigrationFailed(path.name, exc, "") from exc
+                    try:
+                        statement, error = _failing_statement(conn, sql)
+                    except RuntimeError:
+                        statement, error = "", exc
+                    raise MigrationFailed(path.name, error, statement) from exc
                 applied.append(path.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
