@@ -33,7 +33,7 @@ from typing import Any
 from local.functions import FunctionError, LocalFunction
 from local.mail import render, sent_emails
 from local.state import LocalState
-from local.template import REPO, Provisioned, load_template, provision
+from local.template import REPO, FunctionSpec, Provisioned, load_template, provision
 
 log = logging.getLogger("local")
 
@@ -47,6 +47,9 @@ _LOCAL_SETTINGS = {
     "FRONTDESK_ENV": "local",
     # The fake provider listens on plain HTTP on loopback.
     "PROVIDER_ALLOW_HTTP": "true",
+    # The embedded PostgreSQL: no TLS, no RDS Proxy in between.
+    "DB_SSLMODE": "prefer",
+    "DB_STARTUP_OPTIONS": "true",
 }
 # Environments per function when its events name none (the API's pool, a schedule's one).
 API_CONCURRENCY = 4
@@ -97,8 +100,10 @@ class DevRuntime:
             self.functions[spec.logical_id] = LocalFunction(
                 spec,
                 function_environment(stack, spec.logical_id, database_url, aws_url),
-                concurrency=_concurrency(stack, spec.logical_id),
+                concurrency=_concurrency(stack, spec),
                 on_invoked=self._after_invocation,
+                # API Gateway invokes synchronously: at the limit, Lambda refuses at once.
+                throttle=bool(stack.http_routes(spec.logical_id)),
             )
         api_url = self._serve_api(stack, secret)
         fake_provider_url = self._start_fake_provider()
@@ -215,15 +220,16 @@ class DevRuntime:
         from frontdesk.web.app import create_app
         from local.gateway import HttpApiGateway
 
-        api = next(s for s in stack.functions() if stack.http_routes(s.logical_id))
+        # One HTTP API, each route to its function (ApiFunction, OpsFunction for /ops).
+        routes = {
+            route: self.functions[spec.logical_id].invoke
+            for spec in stack.functions()
+            for route in stack.http_routes(spec.logical_id)
+        }
         # API Gateway serves no document; the local one does, for clients and fuzzers.
         openapi = json.dumps(create_app(Settings()).openapi()).encode()
         gateway = HttpApiGateway(
-            stack.http_routes(api.logical_id),
-            stack.jwt_authorizers(),
-            jwt_secret,
-            self.functions[api.logical_id].invoke,
-            {"/openapi.json": openapi},
+            list(routes), stack.jwt_authorizers(), jwt_secret, routes, {"/openapi.json": openapi}
         )
         config = uvicorn.Config(
             gateway,
@@ -243,12 +249,7 @@ class DevRuntime:
                 raise SystemExit(f"the API could not listen on 127.0.0.1:{self.api_port}")
             time.sleep(0.02)
         port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
-        log.info(
-            "%s serving %d routes on http://127.0.0.1:%d",
-            api.logical_id,
-            len(stack.http_routes(api.logical_id)),
-            port,
-        )
+        log.info("HTTP API serving %d routes on http://127.0.0.1:%d", len(routes), port)
         return f"http://127.0.0.1:{port}"
 
     def _start_fake_provider(self) -> str:
@@ -398,9 +399,12 @@ def function_environment(
     }
 
 
-def _concurrency(stack: Provisioned, logical_id: str) -> int:
-    """Environments the function may run at once: its SQS sources' MaximumConcurrency, the
-    API's pool, or one (a schedule)."""
+def _concurrency(stack: Provisioned, spec: FunctionSpec) -> int:
+    """Environments the function may run at once: its reserved concurrency, else its SQS
+    sources' MaximumConcurrency, the API's pool, or one (a schedule)."""
+    logical_id = spec.logical_id
+    if spec.reserved_concurrency is not None:
+        return spec.reserved_concurrency
     limits = [
         s.maximum_concurrency or 2
         for s in stack.sqs_event_sources()

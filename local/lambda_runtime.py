@@ -129,7 +129,7 @@ class Environment:
         if snap_start:
             env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
         self._started = time.perf_counter()
-        self.process = subprocess.Popen(
+        self.process = _spawner.popen(
             [sys.executable, "-m", "awslambdaric", handler],
             cwd=code_dir,
             env=env,
@@ -258,6 +258,7 @@ class Environment:
 
     def shutdown(self) -> None:
         """End the environment (SIGTERM to a thawed process, as Lambda's shutdown does)."""
+        self.dead = True
         if self.process.poll() is None:
             self.thaw()
             self.process.terminate()

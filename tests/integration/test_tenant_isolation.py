@@ -5,6 +5,7 @@ of B's. A route added without a case here fails `test_every_route_has_a_case`.""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,7 +155,11 @@ Caller = Callable[..., tuple[int, Any]]
 
 
 @pytest.fixture
-def call(api: Any, app: App) -> Caller:
+def call(api: Any, ops: Any, app: App) -> Caller:
+    """Calls a route through the function template.yaml routes it to (ApiFunction, or
+    OpsFunction for the operators' routes), as API Gateway would."""
+    routes = {(r.method, r.path) for r in app.stack.http_routes("OpsFunction")}
+
     def call(
         method: str,
         path: str,
@@ -170,7 +175,9 @@ def call(api: Any, app: App) -> Caller:
         event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = roles
         if query:
             event["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&"))
-        status, _, answer = http_response(api.handler(event, LambdaContext()))
+        template_path = re.sub(r"[0-9a-f-]{36}", "{id}", path)
+        function = ops if (method, template_path) in routes else api
+        status, _, answer = http_response(function.handler(event, LambdaContext()))
         return status, answer
 
     return call

@@ -18,6 +18,7 @@ from local.template import (
     cron_next,
     generate_secret_string,
     load_template,
+    local_parameters,
     next_fire_interval,
     next_fire_time,
     parameter_values,
@@ -382,7 +383,7 @@ def stack() -> Provisioned:
         "PiiKey": {"Ref": "key-1", "KeyId": "key-1", "Arn": "arn:aws:kms:us-east-1:1:key/key-1"},
         "BlindIndexSecret": {"Ref": "arn:aws:secretsmanager:x:1:secret:b"},
     }
-    return Provisioned(template=template, parameters=parameter_values(template), physical=physical)
+    return Provisioned(template=template, parameters=local_parameters(template), physical=physical)
 
 
 def test_function_environment_merges_globals_and_resolves(stack: Provisioned) -> None:

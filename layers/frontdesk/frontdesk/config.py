@@ -8,10 +8,13 @@ settings it needs (`Settings.require`), checked when its handler module is impor
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from frontdesk.platform.db import ConnectOptions
 
 
 class Settings(BaseSettings):
@@ -19,12 +22,29 @@ class Settings(BaseSettings):
 
     frontdesk_env: Literal["local", "dev", "prod", "test"] = "local"
 
-    # Database: a URL locally, a Secrets Manager secret in AWS (a URL, or RDS-style JSON).
+    # Database: a URL locally, a Secrets Manager secret in AWS (a URL, RDS-style JSON, or the
+    # {username, password} RDS keeps when it manages the master password). The endpoint (RDS
+    # Proxy's, from template.yaml) wins over a host in the secret.
     database_url: SecretStr | None = None
     database_secret_arn: str = ""
+    database_host: str = ""
+    database_port: int = Field(default=0, ge=0, le=65535)  # 0: the secret's, else 5432
+    database_name: str = ""
+    # The read replica: list and dashboard reads go there when one is set (a URL locally, the
+    # proxy's read-only endpoint in AWS, with the same secret); else to the writer.
+    database_reader_url: SecretStr | None = None
+    database_reader_host: str = ""
     db_connect_timeout_seconds: int = Field(default=5, ge=1, le=60)
     db_statement_timeout_ms: int = Field(default=5000, ge=100, le=900_000)
     db_pool_max_size: int = Field(default=10, ge=1, le=100)
+    # TLS: verify-full in AWS, against the CA bundle in the layer unless another is named.
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "prefer"
+    )
+    db_sslrootcert: str = ""
+    # Session settings sent at connect time; false behind RDS Proxy, which refuses them
+    # (the database's own defaults carry the timeouts there).
+    db_startup_options: bool = True
 
     # AWS: endpoint_url points every client at moto locally; unset in AWS.
     aws_endpoint_url: str | None = None
@@ -132,6 +152,18 @@ class Settings(BaseSettings):
     metrics_refresh_seconds: int = Field(default=300, ge=1, le=86_400)
     # One metrics run is one transaction; it may take longer than a request's statement.
     metrics_statement_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000)
+
+    def connect_options(self) -> ConnectOptions:
+        """How this container opens its database connections."""
+        from frontdesk.platform.db import ConnectOptions
+
+        return ConnectOptions(
+            connect_timeout_s=self.db_connect_timeout_seconds,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+            startup_options=self.db_startup_options,
+            sslmode=self.db_sslmode,
+            sslrootcert=self.db_sslrootcert,
+        )
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""

@@ -20,6 +20,8 @@ from uuid import UUID
 from frontdesk.config import Settings
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from frontdesk.assistant.llm import ChatModel
     from frontdesk.notifications.channels import Mailer, SmsSender
     from frontdesk.platform.aws import Aws
@@ -35,6 +37,7 @@ SERVICE_NAMES = frozenset(
     {
         "aws",
         "database",
+        "reader",
         "cipher",
         "blind_index",
         "publisher",
@@ -74,23 +77,51 @@ class Services:
 
         return self._once("aws", build)
 
+    def conninfo(self, url: SecretStr | None = None, host: str = "") -> str:
+        """A connection string: `url` if given, else the database secret at the endpoint
+        `host` (the writer's, DATABASE_HOST, when empty)."""
+        settings = self.settings
+        if url is not None:
+            return url.get_secret_value()
+        if settings.database_url is not None and not host:
+            return settings.database_url.get_secret_value()
+        from frontdesk.platform.db import conninfo_from_secret
+
+        return conninfo_from_secret(
+            self.aws.secret(settings.database_secret_arn),
+            host=host or settings.database_host,
+            port=settings.database_port,
+            dbname=settings.database_name,
+        )
+
+    def _connection(self, url: SecretStr | None, host: str) -> Database:
+        """One lazily opened connection: to `url`, else the secret at the endpoint `host`."""
+        from frontdesk.platform.db import SingleConnectionDatabase
+
+        options = self.settings.connect_options()
+        return SingleConnectionDatabase(lambda: self.conninfo(url, host), options=options)
+
     @property
     def database(self) -> Database:
-        def build() -> Database:
-            from frontdesk.platform.db import SingleConnectionDatabase, conninfo_from_secret
+        """The writer: every write, and every read that must see the caller's own writes."""
+        settings = self.settings
+        return self._once(
+            "database", lambda: self._connection(settings.database_url, settings.database_host)
+        )
 
-            settings = self.settings
-
-            def conninfo() -> str:
-                if settings.database_url is not None:
-                    return settings.database_url.get_secret_value()
-                return conninfo_from_secret(self.aws.secret(settings.database_secret_arn))
-
-            return SingleConnectionDatabase(
-                conninfo, settings.db_connect_timeout_seconds, settings.db_statement_timeout_ms
-            )
-
-        return self._once("database", build)
+    @property
+    def reader(self) -> Database:
+        """The read replica when one is configured, else the writer. Only reads that may lag
+        behind a commit by the replica's delay (lists, the dashboard) come here; a route that
+        must show what its caller just wrote reads `database`."""
+        settings = self.settings
+        configured = settings.database_reader_url is not None or settings.database_reader_host
+        if not configured and "reader" not in self._built:
+            return self.database
+        return self._once(
+            "reader",
+            lambda: self._connection(settings.database_reader_url, settings.database_reader_host),
+        )
 
     @property
     def cipher(self) -> EnvelopeCipher:
@@ -206,7 +237,7 @@ class Services:
         """Close what holds connections (the model client, the database)."""
         with self._lock:
             built, self._built = self._built, {}
-        for name in ("chat_model", "database"):
+        for name in ("chat_model", "reader", "database"):
             service = built.get(name)
             if service is not None:
                 service.close()

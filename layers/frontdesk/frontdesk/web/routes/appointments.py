@@ -35,7 +35,8 @@ def create_doctor(staff: Staff, doctor: DoctorIn, web: Write) -> Envelope[Create
 
 @router.get("/doctors", summary="List the clinic's doctors with their working hours")
 def list_doctors(staff: Staff, web: Web) -> Envelope[list[DoctorOut]]:
-    found = doctors.list_doctors(web.services.database, clinic_id=staff.clinic_id)
+    # A list: read from the replica when there is one (it may lag by its replication delay).
+    found = doctors.list_doctors(web.services.reader, clinic_id=staff.clinic_id)
     return web.ok(found, "listDoctors", "doctor", [d.id for d in found])
 
 
@@ -107,7 +108,7 @@ def list_appointments(
 ) -> Envelope[list[AppointmentOut]]:
     services = web.services
     found = bookings.list_appointments(
-        services.database,
+        services.reader,  # a list: the replica when there is one
         services.cipher,
         clinic_id=staff.clinic_id,
         doctor_id=doctor,
