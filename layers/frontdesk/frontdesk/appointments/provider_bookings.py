@@ -11,7 +11,12 @@ from uuid import UUID
 
 import psycopg
 
-from frontdesk.appointments.bookings import EXCLUSION_CONSTRAINT, event_detail, slot_taken
+from frontdesk.appointments.bookings import (
+    EXCLUSION_CONSTRAINT,
+    event_detail,
+    lock_doctors,
+    slot_taken,
+)
 from frontdesk.appointments.doctors import iso_utc
 from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor
@@ -122,6 +127,11 @@ def upsert_external(
             reasons[external_id] = "cancelled before it was synced"
     for external_id in reasons:
         outcome[external_id] = "skipped"
+    # The doctors' slot-writing locks (after the rows, as a staff reschedule takes them), so
+    # a staff booking racing for the same slot cannot deadlock with this upsert.
+    lock_doctors(
+        cur, [doctors[b.doctor_external_id] for e, b in latest.items() if e not in reasons]
+    )
     new = [b for e, b in latest.items() if e not in before and e not in reasons]
     patient_ids = _provider_patients(cur, cipher, blind_index, clinic_id, new, request_id)
     for external_id, item in latest.items():
