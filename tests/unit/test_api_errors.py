@@ -41,6 +41,7 @@ def assert_problem(headers: dict[str, str], body: dict[str, Any], status: int, r
     assert headers["content-type"] == "application/problem+json"
     assert body["status"] == status
     assert body["requestId"] == rid
+    assert headers["x-request-id"] == rid
     assert body["type"].startswith("https://frontdesk.dev/problems/")
 
 
@@ -79,8 +80,9 @@ def test_oversized_body_is_413(api: Any) -> None:
         "POST", "/leads", body={"name": "A", "notes": "x" * 70_000}, clinic_id=CLINIC
     )
     event["headers"]["content-length"] = str(len(event["body"]))
-    status, _, body = call(api, event)
+    status, headers, body = call(api, event)
     assert status == 413 and body["title"] == "Payload too large"
+    assert_problem(headers, body, 413, event["requestContext"]["requestId"])
 
 
 def test_malformed_json_is_422(api: Any) -> None:
@@ -127,3 +129,22 @@ def test_a_bodyless_post_is_not_a_media_type_error(api: Any) -> None:
     # A POST without a body or Content-Type is judged by its route, not refused as 415.
     status, _, body = call(api, http_event("POST", "/leads", clinic_id=CLINIC))
     assert status == 422 and body["errors"][0]["loc"] == ["body"]
+
+
+def test_a_bug_is_a_500_problem_with_the_request_id(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a route whose use case fails with an error nobody planned for
+    from frontdesk.web.routes import jobs
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(jobs.jobs, "get_job", broken)
+    event = http_event("GET", f"/jobs/{uuid.uuid4()}", clinic_id=CLINIC)
+    # When it is called
+    status, headers, body = call(api, event)
+    # Then the answer is a 500 problem that carries the request id, in the body and header
+    assert status == 500
+    assert_problem(headers, body, 500, event["requestContext"]["requestId"])
+    assert "a bug" not in json.dumps(body)
