@@ -16,11 +16,15 @@ from frontdesk.assistant.conversations import (
     ReplyAccepted,
 )
 from frontdesk.config import Settings
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, Write, WriteContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["assistant"], responses={**ERROR_RESPONSES, 429: ERROR_RESPONSES[503]})
+router = APIRouter(
+    route_class=GuardedRoute,
+    tags=["assistant"],
+    responses={**ERROR_RESPONSES, 429: ERROR_RESPONSES[503]},
+)
 
 # How long a client should wait before its first poll of the reply.
 POLL_AFTER_SECONDS = 1

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Query
 from frontdesk.ops import dead_letters
 from frontdesk.ops.dead_letters import DeadLetter, DeadLetterQueue, ReplayOutcome, ReplayRequest
 from frontdesk.ops.queue_health import Queues, queue_health
-from frontdesk.web.auth import Operator
+from frontdesk.web.auth import GuardedRoute, Operator
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["operations"], responses=ERROR_RESPONSES)
 
 
 @router.get(

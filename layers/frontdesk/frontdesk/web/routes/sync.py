@@ -18,11 +18,11 @@ from frontdesk.leads.imports import ImportAccepted
 from frontdesk.sync import accounts, webhooks
 from frontdesk.sync.accounts import AccountIn, AccountOut, AccountSaved, CredentialsIn
 from frontdesk.sync.webhooks import WebhookAccepted
-from frontdesk.web.auth import Admin, Staff
+from frontdesk.web.auth import Admin, GuardedRoute, Staff
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope
 
-router = APIRouter(tags=["sync"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["sync"], responses=ERROR_RESPONSES)
 
 _SOURCE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,39}$")
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload beyond this goes to a temporary file
