@@ -3,7 +3,8 @@
 In AWS the HTTP API's JWT authorizer has verified the token before the function runs and
 passes its claims in the event; the function trusts those and nothing else. The local
 runtime has no API Gateway, so there (and only when LOCAL_JWT_SECRET is set) the token is
-verified here with HS256.
+verified here with HS256, as strictly as API Gateway's JWT authorizer: issuer, audience and
+an `exp` in the future required; `iat` and `nbf`, when present, numbers not in the future.
 
 A token's clinic must exist (403 otherwise, on every route): it is looked up once per
 container and clinic (`Services.known_clinics`), not on every request.
@@ -33,6 +34,10 @@ from frontdesk.clinics import clinic_for_form_key
 from frontdesk.config import Settings
 from frontdesk.errors import Forbidden, Unauthorized
 from frontdesk.services import Services, get_services
+
+# Clock skew tolerated in exp, iat and nbf (as the local gateway's authorizer).
+TOKEN_LEEWAY_SECONDS = 5
+_TIME_CLAIMS = ("exp", "iat", "nbf")
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -67,9 +72,18 @@ def _claims(
             algorithms=["HS256"],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            leeway=TOKEN_LEEWAY_SECONDS,
+            # As API Gateway's JWT authorizer: exp is required; iat and nbf, when present,
+            # must not be in the future (PyJWT checks both).
+            options={"require": ["exp", "iss", "aud"]},
         )
     except jwt.PyJWTError as exc:
         raise Unauthorized(f"the staff token is not valid ({type(exc).__name__})") from None
+    for name in _TIME_CLAIMS:
+        # RFC 7519 NumericDate: a JSON number (PyJWT would also take "123" or true).
+        value = decoded.get(name)
+        if name in decoded and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise Unauthorized(f"the staff token is not valid ({name} is not a number)")
     return decoded
 
 
