@@ -3,6 +3,7 @@ provider on loopback: accounts, signed webhooks, SyncWorker, the poller."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -400,6 +401,49 @@ def test_import_of_a_file_with_bad_rows_reports_them_and_imports_the_rest(
     assert lead["data"]["source"] == "old_crm" and lead["data"]["consent"] is True
     (stored,) = rows(sync_app, "SELECT leads::text FROM leads WHERE id = %s", lead_id)[0]
     assert "person0@example.org" not in stored and "Person" not in stored
+
+
+def test_rows_not_utf8_or_holding_control_characters_are_row_errors(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given a UTF-8 header, good rows, a row in Latin-1, a row whose quoted notes span a line
+    # that is not UTF-8, and rows with a control character in a name or an address
+    data = (
+        "name,email,phone,notes,consent\nZoë Good,zoe@example.org,,,yes\n".encode()
+        + "Renée Latin,renee@example.org,,,yes\n".encode("latin-1")
+        + b'Long Notes,long@example.org,,"first line\nsecond \xff line",yes\n'
+        + b"Bell\x07Name,bell@example.org,,,yes\n"
+        + b"Esc Name,esc\x1b@example.org,,,yes\n"
+        + "José Fine,jose@example.org,,multi\tline ok,no\n".encode()
+    )
+    event = http_event(
+        "POST",
+        "/leads/imports",
+        body=base64.b64encode(data).decode(),
+        clinic_id=sync_app.clinic_id,
+        headers={"content-type": "text/csv"},
+    )
+    event["isBase64Encoded"] = True
+    # When it is uploaded and SyncWorker imports it
+    status, _, accepted = call(api, event)
+    assert status == 202, accepted
+    assert drain(sync_app, worker) == 1
+    # Then each such row is an error with its line number, and the good rows are imported
+    _, _, job = call(
+        api,
+        http_event("GET", f"/jobs/{accepted['data']['jobId']}", clinic_id=sync_app.clinic_id),
+    )
+    result = job["data"]["result"]
+    assert job["data"]["status"] == "succeeded"
+    assert {e["line"]: e["reason"] for e in result["errors"]} == {
+        3: "the row is not UTF-8",
+        4: "the row is not UTF-8",
+        6: "name: no control characters (a NUL, a line break, a tab) are allowed",
+        7: "email: no control characters (a NUL, a line break, a tab) are allowed",
+    }
+    assert (result["rowsDone"], result["rowsImported"]) == (6, 2)
+    (count,) = rows(sync_app, "SELECT count(*) FROM leads")[0]
+    assert count == 2
 
 
 def test_bad_uploads_are_refused(sync_app: App, api: Any) -> None:

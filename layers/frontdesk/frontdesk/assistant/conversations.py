@@ -20,12 +20,16 @@ from frontdesk.errors import NotFound, TooManyRequests
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
-from frontdesk.values import ApiModel, Timestamp
+from frontdesk.values import ApiModel, MultiLine, SingleLine, Timestamp
 
 CANCELLED = "cancelled before the reply was generated"
 
-Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Question = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000), MultiLine
+]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SingleLine
+]
 
 
 class QuestionIn(BaseModel):

@@ -166,7 +166,9 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     """Parse the complete records at the start of `data` (a window of the file).
 
     A record cut off by the window's end is left for the next window (`consumed` stops
-    before it). Blank lines are skipped. Each bad record becomes (line, reason)."""
+    before it). Blank lines are skipped. Each bad record becomes (line, reason): one that
+    breaks the field rules, is malformed CSV, or is not UTF-8 (only the header's encoding is
+    checked on upload)."""
     window = Window()
     if not at_eof:
         cut = data.rfind(b"\n")
@@ -176,13 +178,20 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     lines = data.splitlines(keepends=True)
     position = 0
     line_no = first_line - 1
+    undecodable = False  # a line of the record being read is not UTF-8
 
     def feed() -> Iterator[str]:
-        nonlocal position, line_no
+        # csv.reader asks for a record's lines as it reads it and no further, so a line that
+        # is not UTF-8 marks the record it belongs to.
+        nonlocal position, line_no, undecodable
         for raw in lines:
             position += len(raw)
             line_no += 1
-            yield raw.decode("utf-8", "replace")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                undecodable = True
+                yield raw.decode("utf-8", "replace")
 
     reader = csv.reader(feed(), strict=True)
     index = {name: i for i, name in enumerate(columns)}
@@ -190,6 +199,7 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     get = _getter(index)
     while True:
         start, start_line = position, line_no + 1
+        undecodable = False
         try:
             record = next(reader)
         except StopIteration:
@@ -199,6 +209,9 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
                 position, line_no = start, start_line - 1  # cut off: the next window's
                 break
             window.errors.append((start_line, f"malformed CSV ({exc})"))
+            continue
+        if undecodable:
+            window.errors.append((start_line, "the row is not UTF-8"))
             continue
         if not record or record == [""]:
             continue

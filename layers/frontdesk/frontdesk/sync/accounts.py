@@ -24,12 +24,12 @@ from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync.providers import KINDS
-from frontdesk.values import ApiModel, Timestamp
+from frontdesk.values import ApiModel, SingleLine, Timestamp
 
 _TABLE = "provider_accounts"
 
 ProviderKind = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$")]
-Secret = Annotated[str, StringConstraints(min_length=16, max_length=256)]
+Secret = Annotated[str, StringConstraints(min_length=16, max_length=256), SingleLine]
 
 
 class Credentials(BaseModel):
@@ -46,8 +46,8 @@ class AccountIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     provider: ProviderKind
-    name: Annotated[str, StringConstraints(max_length=200)] | None = None
-    apiBaseUrl: Annotated[str, StringConstraints(min_length=8, max_length=2000)]
+    name: Annotated[str, StringConstraints(max_length=200), SingleLine] | None = None
+    apiBaseUrl: Annotated[str, StringConstraints(min_length=8, max_length=2000), SingleLine]
     credentials: Credentials
     webhookSecret: Secret | None = Field(
         default=None, description="the provider's signing secret; omitted: one is generated"
