@@ -91,16 +91,20 @@ def test_csv_header_names_known_columns_and_a_way_to_reach_the_person() -> None:
 
 def test_a_window_stops_before_a_record_cut_off_by_its_end() -> None:
     # Given a window that ends inside a quoted field spanning two lines
-    data = b'Ada,ada@example.org\n"Grace\nHopper",grace@example.org\n'
-    window = data[: data.index(b"Hopper")]
+    data = b'Ada,ada@example.org,\nGrace,grace@example.org,"called\ntwice"\n'
+    window = data[: data.index(b"twice")]
+    columns = ["name", "email", "notes"]
     # When it is parsed as a window in the middle of the file
-    parsed = parse_window(window, at_eof=False, columns=["name", "email"], first_line=2)
+    parsed = parse_window(window, at_eof=False, columns=columns, first_line=2)
     # Then only the first record is taken, and the next window starts at the second
     assert [row[:3] for row in parsed.rows] == [(2, "Ada", "ada@example.org")]
-    assert parsed.consumed == len(b"Ada,ada@example.org\n") and parsed.lines == 1
+    assert parsed.consumed == len(b"Ada,ada@example.org,\n") and parsed.lines == 1
     # When the whole file is parsed / Then the multi-line record is one row, at its first line
-    whole = parse_window(data, at_eof=True, columns=["name", "email"], first_line=2)
-    assert [row[:2] for row in whole.rows] == [(2, "Ada"), (3, "Grace\nHopper")]
+    whole = parse_window(data, at_eof=True, columns=columns, first_line=2)
+    assert [(row[0], row[1], row[4]) for row in whole.rows] == [
+        (2, "Ada", None),
+        (3, "Grace", "called\ntwice"),
+    ]
     assert whole.consumed == len(data) and whole.lines == 3
 
 
