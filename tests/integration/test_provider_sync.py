@@ -46,8 +46,10 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def sync_app(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
-    # The fake provider speaks plain HTTP on loopback; retries should not sleep for long.
+    # The fake provider speaks plain HTTP on loopback (allowed here as make dev allows it);
+    # retries should not sleep for long.
     monkeypatch.setenv("PROVIDER_ALLOW_HTTP", "true")
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "127.0.0.1")
     monkeypatch.setenv("PROVIDER_BACKOFF_BASE_SECONDS", "0.01")
     monkeypatch.setenv("PROVIDER_BACKOFF_MAX_SECONDS", "0.05")
     reset_process_state()
@@ -139,6 +141,94 @@ def test_saving_credentials_answers_at_once_and_validation_shows_in_the_status(
         api, admin_event("GET", f"/provider-accounts/{good}", sync_app.other_clinic_id)
     )
     assert status == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:169.254.169.254]/",
+        "https://[fd00:ec2::254]/",
+        "https://10.0.0.5/",
+        "https://2130706433/",
+        "https://localhost:8443/",
+        "https://metadata.google.internal/",
+    ],
+)
+def test_an_account_pointing_inside_is_refused_when_saved(
+    sync_app: App, api: Any, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment that allows no address but public ones, and a base URL naming the
+    # metadata service, a private or loopback address
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "")
+    reset_process_state()
+    body = {"provider": "generic", "apiBaseUrl": url, "credentials": {"apiKey": "k"}}
+    # When an admin saves it / Then it is a 422 and nothing is stored or enqueued
+    status, _, problem = call(
+        api, admin_event("POST", "/provider-accounts", sync_app.clinic_id, body)
+    )
+    assert status == 422 and "public" in problem["detail"], problem
+    assert rows(sync_app, "SELECT count(*) FROM provider_accounts") == [(0,)]
+    assert rows(sync_app, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def resolve_to_loopback(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """DNS as an attacker controlling `name` answers once the URL was saved: loopback."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_provider_host_that_resolves_inside_is_never_called(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a host name that passes the check when saved, then resolves to loopback (DNS
+    # rebinding) where a server listens; loopback is not allowed in this deployment
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "")
+    reset_process_state()
+    resolve_to_loopback(monkeypatch, "provider.rebind.example")
+    port = fake.url.rsplit(":", 1)[1]
+    body = {
+        "provider": "generic",
+        "apiBaseUrl": f"http://provider.rebind.example:{port}",
+        "credentials": {"apiKey": DEFAULT_API_KEY},
+    }
+    status, _, saved = call(
+        api, admin_event("POST", "/provider-accounts", sync_app.clinic_id, body)
+    )
+    assert status == 202, saved
+    # And an account saved before the rule, pointing at loopback itself
+    status, _, legacy = call(
+        api,
+        admin_event(
+            "POST",
+            "/provider-accounts",
+            sync_app.clinic_id,
+            {**body, "apiBaseUrl": "https://provider.example"},
+        ),
+    )
+    assert status == 202, legacy
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute(
+            "UPDATE provider_accounts SET api_base_url = %s WHERE id = %s",
+            (fake.url, legacy["data"]["id"]),
+        )
+    # When SyncWorker validates both
+    drain(sync_app, worker)
+    # Then neither was called: both are invalid, saying why, and the server saw nothing
+    for account in (saved, legacy):
+        _, _, found = call(
+            api,
+            admin_event("GET", f"/provider-accounts/{account['data']['id']}", sync_app.clinic_id),
+        )
+        assert found["data"]["status"] == "invalid", found
+        assert "public" in found["data"]["lastError"], found
+    assert fake.requests == []
 
 
 def test_bad_webhooks_are_refused_and_enqueue_nothing(

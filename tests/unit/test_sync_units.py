@@ -7,7 +7,7 @@ import pytest
 from frontdesk.errors import InvalidInput, Unauthorized
 from frontdesk.leads.external import check_external
 from frontdesk.leads.imports import check_header, parse_window
-from frontdesk.sync.accounts import check_base_url
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
 
 SECRET = b"whsec_unit_test_secret"
@@ -133,26 +133,52 @@ def test_external_leads_follow_the_web_form_rules() -> None:
     assert check_external("Ada", "a@b.co", None, None, "perhaps").startswith("consent")
 
 
+LOCAL = Egress.of(True, ["127.0.0.1"])  # make dev: the fake provider on loopback, over http
+
+
 @pytest.mark.parametrize(
-    ("url", "allow_http", "ok"),
+    ("url", "egress", "ok"),
     [
-        ("https://api.provider.example/", False, True),
-        ("http://127.0.0.1:8090", True, True),
-        ("http://127.0.0.1:8090", False, False),
-        ("https://user:pw@api.provider.example/", False, False),
-        ("ftp://api.provider.example/", True, False),
-        ("https://[::1", False, False),
-        ("https://api.provider.example:99999/", False, False),
-        ("https://api.provider.example:port/", False, False),
-        ("https://äpi.example/", False, False),
+        ("https://api.provider.example/", Egress(), True),
+        ("https://93.184.215.14/v1", Egress(), True),
+        ("http://127.0.0.1:8090", LOCAL, True),
+        ("http://127.0.0.1:8090", Egress(allow_http=True), False),
+        ("http://api.provider.example/", Egress(), False),
+        ("https://user:pw@api.provider.example/", Egress(), False),
+        ("ftp://api.provider.example/", LOCAL, False),
+        ("https://[::1", Egress(), False),
+        ("https://api.provider.example:99999/", Egress(), False),
+        ("https://api.provider.example:port/", Egress(), False),
+        ("https://äpi.example/", Egress(), False),
+        # The SSRF guard: no address that is not public, however it is spelt
+        ("https://169.254.169.254/latest/meta-data/", Egress(), False),
+        ("https://127.0.0.1/", Egress(), False),
+        ("https://10.0.0.5/", Egress(), False),
+        ("https://172.16.3.4/", Egress(), False),
+        ("https://192.168.1.1/", Egress(), False),
+        ("https://100.64.0.1/", Egress(), False),
+        ("https://0.0.0.0/", Egress(), False),
+        ("https://[::1]/", Egress(), False),
+        ("https://[fd00:ec2::254]/", Egress(), False),
+        ("https://[fe80::1]/", Egress(), False),
+        ("https://[::ffff:169.254.169.254]/", Egress(), False),
+        ("https://[64:ff9b::a9fe:a9fe]/", Egress(), False),
+        ("https://2130706433/", Egress(), False),
+        ("https://0x7f.1/", Egress(), False),
+        ("https://127.1/", Egress(), False),
+        ("https://localhost/", Egress(), False),
+        ("https://metadata.google.internal/", Egress(), False),
+        ("https://printer.local/", Egress(), False),
+        ("https://db/", Egress(), False),
+        ("https://127.0.0.1./", Egress(), False),
     ],
 )
-def test_provider_base_urls_are_https_without_credentials(
-    url: str, allow_http: bool, ok: bool
+def test_provider_base_urls_are_https_to_public_hosts_without_credentials(
+    url: str, egress: Egress, ok: bool
 ) -> None:
     # Given a base URL an admin typed / When it is checked / Then only sane ones pass
     if ok:
-        check_base_url(url, allow_http=allow_http)
+        egress.check_url(url)
     else:
         with pytest.raises(InvalidInput):
-            check_base_url(url, allow_http=allow_http)
+            egress.check_url(url)

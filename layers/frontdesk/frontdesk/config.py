@@ -7,11 +7,14 @@ settings it needs (`Settings.require`), checked when its handler module is impor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_OR_NETWORK = re.compile(r"^[A-Za-z0-9.:\-]+(/[0-9]{1,3})?$")
 
 
 class Settings(BaseSettings):
@@ -116,6 +119,11 @@ class Settings(BaseSettings):
     provider_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=900)
     # Plain-HTTP provider base URLs are refused unless this is set (the local fake provider).
     provider_allow_http: bool = False
+    # Provider URLs must name public addresses (frontdesk.sync.egress). These host names,
+    # addresses and networks (CIDR), comma-separated, may be called although they are not
+    # public. Unset: loopback when FRONTDESK_ENV is local (make dev's fake provider on
+    # 127.0.0.1), nothing anywhere else.
+    provider_allowed_hosts: str | None = None
     # The poller takes at most this many changes per account per run.
     poll_max_changes: int = Field(default=500, ge=1, le=10_000)
     # CSV imports: the upload limit (API Gateway's HTTP API caps payloads at 10 MB) and the
@@ -128,6 +136,22 @@ class Settings(BaseSettings):
     metrics_refresh_seconds: int = Field(default=300, ge=1, le=86_400)
     # One metrics run is one transaction; it may take longer than a request's statement.
     metrics_statement_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000)
+
+    @field_validator("provider_allowed_hosts")
+    @classmethod
+    def _allow_list(cls, value: str | None) -> str | None:
+        for entry in (value or "").split(","):
+            entry = entry.strip()
+            if entry and not _HOST_OR_NETWORK.match(entry):
+                raise ValueError(f"not a host name, address or network: {entry!r}")
+        return value
+
+    def provider_allow_list(self) -> list[str]:
+        """PROVIDER_ALLOWED_HOSTS as a list, with its default for FRONTDESK_ENV=local."""
+        raw = self.provider_allowed_hosts
+        if raw is None:
+            raw = "127.0.0.1,::1,localhost" if self.frontdesk_env == "local" else ""
+        return [entry.strip() for entry in raw.split(",") if entry.strip()]
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""

@@ -17,6 +17,7 @@ from frontdesk.leads import imports
 from frontdesk.leads.imports import ImportAccepted
 from frontdesk.sync import accounts, webhooks
 from frontdesk.sync.accounts import AccountIn, AccountOut, AccountSaved, CredentialsIn
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.webhooks import WebhookAccepted
 from frontdesk.web.auth import Admin, GuardedRoute, Staff
 from frontdesk.web.context import Web, WebContext
@@ -148,7 +149,7 @@ def create_provider_account(admin: Admin, account: AccountIn, web: Web) -> Envel
             services.cipher,
             clinic_id=admin.clinic_id,
             account=account,
-            allow_http=services.settings.provider_allow_http,
+            egress=Egress.from_settings(services.settings),
         )
     headers = {"Location": f"/jobs/{saved.job_id}"}
     return web.ok(saved, "createProviderAccount", "providerAccount", [saved.id], headers=headers)
