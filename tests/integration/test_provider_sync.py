@@ -641,6 +641,49 @@ def test_an_import_is_cancelled_between_chunks(
     assert 0 < done < 100
     assert rows(sync_app, "SELECT count(*) FROM leads") == [(done,)]
     assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("cancelled",)]
+    # And the uploaded file is forgotten
+    assert rows(sync_app, "SELECT count(*) FROM lead_import_parts") == [(0,)]
+
+
+def test_an_uploaded_file_is_encrypted_at_rest_and_forgotten_when_imported(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given an upload of 2,000 rows (one part)
+    text, _ = people_csv(2000)
+    status, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    assert status == 202, accepted
+    # Then what is stored of it is ciphertext under the import's data key
+    ((dek, parts, stored),) = rows(
+        sync_app,
+        """SELECT i.dek IS NOT NULL, count(p.part), sum(length(p.data))
+           FROM lead_imports i JOIN lead_import_parts p ON p.import_id = i.id GROUP BY i.dek""",
+    )
+    assert dek and parts == 1 and stored == len(text) + 28  # nonce and tag
+    ((data,),) = rows(sync_app, "SELECT data FROM lead_import_parts")
+    assert b"person1@example.org" not in bytes(data) and b"Person" not in bytes(data)
+    # When SyncWorker imports it
+    assert drain(sync_app, worker) == 1
+    # Then every row is imported and the file is gone
+    assert rows(sync_app, "SELECT count(*) FROM leads") == [(2000,)]
+    assert rows(sync_app, "SELECT count(*) FROM lead_import_parts") == [(0,)]
+
+
+def test_an_import_stored_before_files_were_encrypted_still_imports(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given an upload stored as plaintext parts without a data key (before migration 0009)
+    text, _ = people_csv(30)
+    _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute("UPDATE lead_imports SET dek = NULL, kms_key_id = NULL")
+        conn.execute("UPDATE lead_import_parts SET data = %s", (text.encode(),))
+    # When SyncWorker imports it / Then it reads the plaintext as before
+    assert drain(sync_app, worker) == 1
+    _, _, job = call(
+        api, http_event("GET", f"/jobs/{accepted['data']['jobId']}", clinic_id=sync_app.clinic_id)
+    )
+    assert job["data"]["status"] == "succeeded", job
+    assert job["data"]["result"]["rowsImported"] == 30
 
 
 # ---------------------------------------------------------------- provider bookings

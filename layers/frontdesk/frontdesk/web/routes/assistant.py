@@ -60,6 +60,7 @@ def start_conversation(staff: Staff, body: ConversationIn, web: Write) -> Envelo
         staff.clinic_id,
         lambda uow: conversations.start_conversation(
             uow,
+            web.services.cipher,
             clinic_id=staff.clinic_id,
             conversation=body,
             budget=budget(web.services.settings),
@@ -84,6 +85,7 @@ def ask(
         staff.clinic_id,
         lambda uow: conversations.ask(
             uow,
+            web.services.cipher,
             clinic_id=staff.clinic_id,
             conversation_id=conversation_id,
             question=body,
@@ -99,8 +101,9 @@ def ask(
     "its content",
 )
 def read_message(staff: Staff, message_id: UUID, web: Web) -> Envelope[MessageOut]:
+    services = web.services
     message = conversations.get_message(
-        web.services.database, clinic_id=staff.clinic_id, message_id=message_id
+        services.database, services.cipher, clinic_id=staff.clinic_id, message_id=message_id
     )
     return web.ok(message, "getMessage", "message", [message_id])
 
@@ -110,7 +113,11 @@ def read_message(staff: Staff, message_id: UUID, web: Web) -> Envelope[MessageOu
     summary="A conversation and its recent messages, oldest first",
 )
 def read_conversation(staff: Staff, conversation_id: UUID, web: Web) -> Envelope[ConversationOut]:
+    services = web.services
     conversation = conversations.get_conversation(
-        web.services.database, clinic_id=staff.clinic_id, conversation_id=conversation_id
+        services.database,
+        services.cipher,
+        clinic_id=staff.clinic_id,
+        conversation_id=conversation_id,
     )
     return web.ok(conversation, "getConversation", "conversation", [conversation_id])

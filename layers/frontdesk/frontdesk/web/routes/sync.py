@@ -131,7 +131,13 @@ def _store_import(
 ) -> ImportAccepted:
     with web.services.unit_of_work(request_id=web.request_id) as uow:
         return imports.store_upload(
-            uow, clinic_id=clinic_id, source=source, file=spool, size=size, lines=lines
+            uow,
+            web.services.cipher,
+            clinic_id=clinic_id,
+            source=source,
+            file=spool,
+            size=size,
+            lines=lines,
         )
 
 
