@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -931,3 +932,63 @@ def test_provider_bookings_for_unknown_doctors_or_taken_slots_are_skipped_with_a
         (f"{MONDAY} 09:00:00+00",)
     ]
     assert len(booking_events(sync_app)) == 2
+
+
+def test_two_workers_booking_one_new_person_create_one_patient(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given two bookings of one new person with two doctors, each delivered by its webhook
+    account = connect(sync_app, api, worker, fake)
+    doctors = [mapped_doctor(sync_app, api, f"D-{n}", name=f"Dr. {n}") for n in (1, 2)]
+    jobs = []
+    for n in (1, 2):
+        change = fake.add_booking(
+            f"D-{n}",
+            f"{MONDAY}T09:00:00+00:00",
+            f"{MONDAY}T09:30:00+00:00",
+            "Grace Hopper",
+            "grace@example.org",
+            booking_id=f"B-{n}",
+        )
+        status, _, accepted = webhook(api, account, *FakeProvider.webhook(change, SECRET))
+        assert status == 202, accepted
+        jobs.append(accepted["data"]["jobId"])
+    # And SyncWorker running twice at once (two containers: a pool of connections)
+    from frontdesk.platform.db import PooledDatabase
+    from frontdesk.workers.sync import worker as sync_worker
+    from tests.support import use_test_services
+
+    use_test_services(database=PooledDatabase(sync_app.database_url, max_size=4))
+    # And the doctors held, so both workers stop after making the patient, before booking
+    holder = psycopg.connect(sync_app.database_url)
+    holder.execute("SELECT 1 FROM doctors WHERE id = ANY(%s) FOR UPDATE", (doctors,))
+    answers: list[Any] = []
+
+    def run(job_id: str) -> None:
+        body = json.dumps(
+            {"jobId": job_id, "kind": "sync.fetch", "clinicId": str(sync_app.clinic_id)}
+        )
+        answers.append(sync_worker(sqs_event([body]), LambdaContext()))
+
+    threads = [threading.Thread(target=run, args=(job_id,)) for job_id in jobs]
+    for thread in threads:
+        thread.start()
+    # When both have got as far as they can and the doctors are let go
+    for _ in range(1000):
+        ((waiting,),) = rows(
+            sync_app,
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'""",
+        )
+        if waiting >= 2:
+            break
+        time.sleep(0.01)
+    holder.rollback()
+    holder.close()
+    for thread in threads:
+        thread.join()
+    reset_process_state()
+    # Then both bookings are stored, for one and the same new patient
+    assert answers == [{"batchItemFailures": []}] * 2
+    booked = rows(sync_app, "SELECT DISTINCT patient_id FROM appointments")
+    assert len(booked) == 1 and rows(sync_app, "SELECT count(*) FROM patients") == [(1,)]
