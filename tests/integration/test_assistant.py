@@ -415,8 +415,9 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
     first, second = ask(api, chat, "one?"), ask(api, chat, "two?")
     assert (poll(chat, worker), poll(chat, worker)) == (1, 1)
     assert rows(chat, "SELECT state, failures FROM circuit_breakers") == [("open", 2)]
-    # When a third question arrives while the circuit is open
+    # When a third question arrives while the circuit is open (asked an hour ago, say)
     third = ask(api, chat, "three?")
+    execute(chat, "UPDATE jobs SET updated_at = now() - interval '1 hour'")
     assert poll(chat, worker) == 1
     # Then the model is not called, no attempt is spent, and the message waits as a delayed
     # copy (the original is deleted, so its receive count is not spent either)
@@ -426,6 +427,12 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
     ]
     assert get_message(api, chat, third["id"])["status"] == "queued"
     assert queue_counts(chat, "LlmQueue") == {"visible": 0, "hidden": 2, "delayed": 1}
+    # And its job says its message is live, so Housekeeping does not take it for lost
+    assert rows(
+        chat,
+        "SELECT updated_at > now() - interval '1 minute' FROM jobs WHERE id = %s",
+        third["jobId"],
+    ) == [(True,)]
 
     # When the cool-down is over (made so here rather than waited for) and the delayed copy
     # arrives: the half-open probe goes through and succeeds

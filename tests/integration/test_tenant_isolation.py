@@ -31,6 +31,7 @@ OPERATOR_ONLY = {
     ("GET", "/ops/dead-letters"),
     ("POST", "/ops/dead-letters/replay"),
     ("GET", "/ops/queues"),
+    ("GET", "/ops/jobs/stuck"),
 }
 
 

@@ -131,6 +131,22 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
     import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
 
+    # Housekeeping: jobs left behind (frontdesk.ops.stuck_jobs). A job no worker has touched
+    # for this long, its message not in the outbox either, has its message sent again; it
+    # must exceed the longest a live message stays out of sight (SyncQueue's visibility
+    # timeout, 720 s; a breaker wait, 900 s at most).
+    job_rescue_after_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    # Rescues of one job before it is given up on (dead).
+    job_max_rescues: int = Field(default=3, ge=0, le=100)
+    # Retention (frontdesk.ops.retention): how long rows that grow forever are kept.
+    retention_outbox_sent_days: int = Field(default=7, ge=1)
+    retention_idempotency_keys_hours: int = Field(default=24, ge=1)
+    retention_webhook_deliveries_days: int = Field(default=30, ge=1)
+    # The day rows hold the token budget of the current day: two days at least.
+    retention_assistant_usage_days: int = Field(default=90, ge=2)
+    # Kept as long as the DLQ keeps a dead import's message (14 days), so a replay finds it.
+    retention_import_parts_days: int = Field(default=14, ge=0)
+
     # Control-tower metrics. The recent run's schedule (template.yaml, rate(5 minutes)) in
     # seconds: the dashboard's Cache-Control max-age counts down from it.
     metrics_refresh_seconds: int = Field(default=300, ge=1, le=86_400)

@@ -320,3 +320,61 @@ def get_conversation(
         updated_at=conversation["updated_at"],
         messages=[_message(cipher, row) for row in messages],
     )
+
+
+# ---------------------------------------------------------------- housekeeping
+
+# A minute's request counter matters only during that minute.
+_MINUTE_ROWS_KEPT = "1 hour"
+
+
+def purge_usage(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Forget the budget's counters: minute rows after an hour, day rows (tokens per clinic
+    and day) after the retention; at most `limit`."""
+    with transaction(db) as cur:
+        cur.execute(
+            f"""DELETE FROM assistant_usage WHERE (clinic_id, period, period_start) IN (
+                    SELECT clinic_id, period, period_start FROM assistant_usage
+                    WHERE (period = 'minute'
+                           AND period_start < now() - interval '{_MINUTE_ROWS_KEPT}')
+                       OR (period = 'day'
+                           AND period_start < now() - make_interval(days => %(days)s))
+                    LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount
+
+
+def encrypt_plaintext(db: Database, cipher: EnvelopeCipher, *, limit: int) -> int:
+    """Encrypt up to `limit` messages and titles stored in plaintext before questions were
+    encrypted (migration 0009); returns how many. The data key is fetched before the
+    transaction: no call to KMS inside it."""
+    key = cipher.data_key()
+    encrypt = cipher.encryptor(key)
+    done = 0
+    for table, column in (("messages", "content"), ("conversations", "title")):
+        with transaction(db) as cur:
+            cur.execute(
+                f"""SELECT id, {column} AS text FROM {table} WHERE {column} IS NOT NULL
+                    ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+                {"limit": limit},
+            )
+            found = cur.fetchall()
+            if not found:
+                continue
+            cur.execute(
+                f"""UPDATE {table} t SET {column}_enc = u.enc, dek = %(dek)s,
+                           kms_key_id = %(kms_key_id)s, {column} = NULL
+                    FROM unnest(%(ids)s::uuid[], %(enc)s::bytea[]) AS u(id, enc)
+                    WHERE t.id = u.id""",
+                {
+                    "ids": [row["id"] for row in found],
+                    "enc": [
+                        encrypt(row["text"], field_aad(table, row["id"], column)) for row in found
+                    ],
+                    "dek": key.encrypted,
+                    "kms_key_id": key.kms_key_id,
+                },
+            )
+            done += len(found)
+    return done

@@ -97,6 +97,9 @@ def answer(
             return Answer("busy")
         admission = breaker.admit(cur, model.breaker_name, probe_lease_seconds=timeout_seconds)
         if not admission.allowed:
+            # The message waits on the queue (re-sent with a delay): it is live, and the job
+            # says so, or Housekeeping would take it for lost during a long outage.
+            jobs.touch(cur, message.job_id)
             return Answer("wait", wait_seconds=admission.wait_seconds)
         cur.execute(
             """UPDATE jobs SET status = 'running', attempts = attempts + 1,
@@ -229,6 +232,17 @@ def requeue_replies(cur: Cursor, job_ids: Sequence[UUID]) -> int:
                   updated_at = now()
            WHERE job_id = ANY(%(ids)s::uuid[]) AND role = 'assistant' AND status = 'failed'""",
         {"ids": list(job_ids)},
+    )
+    return cur.rowcount
+
+
+def fail_replies_of(cur: Cursor, job_ids: Sequence[UUID], error: str) -> int:
+    """The replies of jobs given up on read failed, with why."""
+    cur.execute(
+        """UPDATE messages SET status = 'failed', error = %(error)s, claimed_until = NULL,
+                  completed_at = now(), updated_at = now()
+           WHERE job_id = ANY(%(ids)s::uuid[]) AND role = 'assistant' AND status <> 'done'""",
+        {"ids": list(job_ids), "error": error},
     )
     return cur.rowcount
 

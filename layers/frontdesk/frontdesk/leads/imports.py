@@ -459,3 +459,21 @@ def _message(state: dict[str, Any]) -> str:
         f"{state['rows_done']}/{state['rows_total']} rows, {state['rows_imported']} imported, "
         f"{state['error_count']} errors"
     )
+
+
+def purge_finished_parts(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Delete up to `limit` stored parts of imports whose job ended (any way: an import that
+    succeeds or is cancelled deletes its own) more than `older_than_days` ago. A dead job's
+    file is kept that long so that a replay from the DLQ can still import it."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM lead_import_parts WHERE (import_id, part) IN (
+                   SELECT p.import_id, p.part FROM lead_import_parts p
+                   JOIN lead_imports i ON i.id = p.import_id
+                   JOIN jobs j ON j.id = i.job_id
+                   WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'dead')
+                     AND j.finished_at < now() - make_interval(days => %(days)s)
+                   LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount
