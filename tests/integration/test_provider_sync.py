@@ -232,6 +232,35 @@ def test_a_provider_host_that_resolves_inside_is_never_called(
     assert fake.requests == []
 
 
+def test_a_provider_redirect_is_not_followed() -> None:
+    # Given a provider (allowed, on loopback) that redirects to the metadata service
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from frontdesk.sync.egress import Egress
+    from frontdesk.sync.providers import GenericJsonAdapter, ProviderRejected
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        adapter = GenericJsonAdapter(url, {"apiKey": "k"}, 2.0, Egress.of(True, ["127.0.0.1"]))
+        # When the worker calls it / Then the redirect is the provider's answer, not followed
+        with pytest.raises(ProviderRejected, match="302"):
+            adapter.validate()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_bad_webhooks_are_refused_and_enqueue_nothing(
     sync_app: App, api: Any, worker: Any, fake: FakeProvider
 ) -> None:

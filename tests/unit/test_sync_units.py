@@ -182,3 +182,32 @@ def test_provider_base_urls_are_https_to_public_hosts_without_credentials(
     else:
         with pytest.raises(InvalidInput):
             egress.check_url(url)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_call_to_a_host_resolving_inside_is_refused_before_connecting(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a provider host that resolves to the metadata service (or to several inside
+    # addresses), and sockets that must not be opened
+    import socket
+
+    from frontdesk.sync.providers import GenericJsonAdapter, ProviderRejected
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00:ec2::254", port, 0, 0)),
+        ]
+
+    def no_socket(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", no_socket)
+    adapter = GenericJsonAdapter(
+        f"{scheme}://provider.example", {"apiKey": "k"}, 1.0, Egress(allow_http=True)
+    )
+    # When the worker calls it / Then it is refused, saying why, and nothing connected
+    with pytest.raises(ProviderRejected, match="public"):
+        adapter.validate()
