@@ -333,7 +333,7 @@ def test_the_budget_check_catches_a_worker_past_its_share_or_the_api_without_the
     problems = budget_problems(broken(transformed, widen))
     # Then the worker is named, and the API's ceiling is no longer covered by the database
     assert "LlmWorker: 50 environments hold more than its share 2 of budget 16" in problems
-    assert "ApiFunction: 12 environments hold more than its share 4 of budget 16" in problems
+    assert "ApiFunction: 9 environments hold more than its share 3 of budget 16" in problems
 
 
 def test_the_network_and_database_checks_catch_what_they_promise(transformed: Template) -> None:

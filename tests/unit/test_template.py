@@ -361,6 +361,7 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("GET", "/metrics/daily", "StaffJwt"),
         ("GET", "/metrics/summary", "StaffJwt"),
         ("GET", "/ops/queues", "StaffJwt"),
+        ("GET", "/ops/jobs/stuck", "StaffJwt"),
         ("GET", "/ops/dead-letters", "StaffJwt"),
         ("POST", "/ops/dead-letters/replay", "StaffJwt"),
         ("POST", "/webhooks/{provider}/{account}", None),

@@ -7,14 +7,17 @@ settings it needs (`Settings.require`), checked when its handler module is impor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from frontdesk.platform.db import ConnectOptions
+
+_HOST_OR_NETWORK = re.compile(r"^[A-Za-z0-9.:\-]+(/[0-9]{1,3})?$")
 
 
 class Settings(BaseSettings):
@@ -140,12 +143,33 @@ class Settings(BaseSettings):
     provider_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=900)
     # Plain-HTTP provider base URLs are refused unless this is set (the local fake provider).
     provider_allow_http: bool = False
+    # Provider URLs must name public addresses (frontdesk.sync.egress). These host names,
+    # addresses and networks (CIDR), comma-separated, may be called although they are not
+    # public. Unset: loopback when FRONTDESK_ENV is local (make dev's fake provider on
+    # 127.0.0.1), nothing anywhere else.
+    provider_allowed_hosts: str | None = None
     # The poller takes at most this many changes per account per run.
     poll_max_changes: int = Field(default=500, ge=1, le=10_000)
     # CSV imports: the upload limit (API Gateway's HTTP API caps payloads at 10 MB) and the
     # window of the file the worker reads, parses and commits as one chunk.
     import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
     import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
+
+    # Housekeeping: jobs left behind (frontdesk.ops.stuck_jobs). A job no worker has touched
+    # for this long, its message not in the outbox either, has its message sent again; it
+    # must exceed the longest a live message stays out of sight (SyncQueue's visibility
+    # timeout, 720 s; a breaker wait, 900 s at most).
+    job_rescue_after_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    # Rescues of one job before it is given up on (dead).
+    job_max_rescues: int = Field(default=3, ge=0, le=100)
+    # Retention (frontdesk.ops.retention): how long rows that grow forever are kept.
+    retention_outbox_sent_days: int = Field(default=7, ge=1)
+    retention_idempotency_keys_hours: int = Field(default=24, ge=1)
+    retention_webhook_deliveries_days: int = Field(default=30, ge=1)
+    # The day rows hold the token budget of the current day: two days at least.
+    retention_assistant_usage_days: int = Field(default=90, ge=2)
+    # Kept as long as the DLQ keeps a dead import's message (14 days), so a replay finds it.
+    retention_import_parts_days: int = Field(default=14, ge=0)
 
     # Control-tower metrics. The recent run's schedule (template.yaml, rate(5 minutes)) in
     # seconds: the dashboard's Cache-Control max-age counts down from it.
@@ -164,6 +188,22 @@ class Settings(BaseSettings):
             sslmode=self.db_sslmode,
             sslrootcert=self.db_sslrootcert,
         )
+
+    @field_validator("provider_allowed_hosts")
+    @classmethod
+    def _allow_list(cls, value: str | None) -> str | None:
+        for entry in (value or "").split(","):
+            entry = entry.strip()
+            if entry and not _HOST_OR_NETWORK.match(entry):
+                raise ValueError(f"not a host name, address or network: {entry!r}")
+        return value
+
+    def provider_allow_list(self) -> list[str]:
+        """PROVIDER_ALLOWED_HOSTS as a list, with its default for FRONTDESK_ENV=local."""
+        raw = self.provider_allowed_hosts
+        if raw is None:
+            raw = "127.0.0.1,::1,localhost" if self.frontdesk_env == "local" else ""
+        return [entry.strip() for entry in raw.split(",") if entry.strip()]
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""

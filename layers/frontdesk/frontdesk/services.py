@@ -2,7 +2,8 @@
 every invocation.
 
 Settings, AWS clients, the database, envelope encryption and the blind index, the outbox
-publisher and hand-off, the mailer, the SMS sender and the model client. Each is built on
+publisher and hand-off, the mailer, the SMS sender, the model client and the clinics known
+to exist. Each is built on
 first use, so a function pays at cold start only for what it touches; anything a test or
 the local runtime wants to replace is given to the constructor
 (`Services(settings, database=..., mailer=...)`). Routes get the container's object
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from frontdesk.assistant.llm import ChatModel
+    from frontdesk.clinics import KnownClinics
     from frontdesk.notifications.channels import Mailer, SmsSender
     from frontdesk.platform.aws import Aws
     from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
@@ -46,6 +48,7 @@ SERVICE_NAMES = frozenset(
         "mailer",
         "sms",
         "chat_model",
+        "known_clinics",
     }
 )
 
@@ -215,6 +218,17 @@ class Services:
             return model_from_settings(self.settings, self.aws)
 
         return self._once("chat_model", build)
+
+    @property
+    def known_clinics(self) -> KnownClinics:
+        """The clinics staff tokens name that this container has found to exist."""
+
+        def build() -> KnownClinics:
+            from frontdesk.clinics import KnownClinics
+
+            return KnownClinics(self.database)
+
+        return self._once("known_clinics", build)
 
     def unit_of_work(
         self,

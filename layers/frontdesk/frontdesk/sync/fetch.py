@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -27,6 +27,7 @@ from frontdesk.observability import logger
 from frontdesk.platform import breaker, jobs
 from frontdesk.platform.db import Database, transaction
 from frontdesk.sync import accounts as provider_accounts
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.providers import (
     ProviderAdapter,
     ProviderBooking,
@@ -62,6 +63,8 @@ class CallPolicy:
     # an invocation never sleeps towards its timeout.
     max_wait_seconds: float = 10.0
     sleep: Callable[[float], None] = time.sleep
+    # Where providers may be called (public addresses, unless allowed by settings).
+    egress: Egress = field(default_factory=Egress)
 
 
 def _breaker_name(account_id: UUID) -> str:
@@ -133,7 +136,11 @@ class ProviderCaller:
 
 def adapter_of(account: provider_accounts.SyncAccount, policy: CallPolicy) -> ProviderAdapter:
     return adapter_for(
-        account.provider, account.api_base_url, account.credentials, policy.timeout_seconds
+        account.provider,
+        account.api_base_url,
+        account.credentials,
+        policy.timeout_seconds,
+        policy.egress,
     )
 
 

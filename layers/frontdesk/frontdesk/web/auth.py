@@ -3,22 +3,41 @@
 In AWS the HTTP API's JWT authorizer has verified the token before the function runs and
 passes its claims in the event; the function trusts those and nothing else. The local
 runtime has no API Gateway, so there (and only when LOCAL_JWT_SECRET is set) the token is
-verified here with HS256.
+verified here with HS256, as strictly as API Gateway's JWT authorizer: issuer, audience and
+an `exp` in the future required; `iat` and `nbf`, when present, numbers not in the future.
+
+A token's clinic must exist (403 otherwise, on every route): it is looked up once per
+container and clinic (`Services.known_clinics`), not on every request.
+
+The caller is checked before the body is looked at: FastAPI parses a JSON body before it
+resolves a route's dependencies, so a malformed body would otherwise answer 422 (and the
+wrong media type 415) to a caller who may not use the route at all. Every route is a
+`GuardedRoute`, which runs the route's own guards (`staff`, `admin`, `operator`,
+`form_clinic`) before FastAPI's handler reads the body; the dependencies then find the
+caller already resolved on the request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from frontdesk.clinics import clinic_for_form_key
 from frontdesk.config import Settings
 from frontdesk.errors import Forbidden, Unauthorized
 from frontdesk.services import Services, get_services
+
+# Clock skew tolerated in exp, iat and nbf (as the local gateway's authorizer).
+TOKEN_LEEWAY_SECONDS = 5
+_TIME_CLAIMS = ("exp", "iat", "nbf")
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -53,9 +72,18 @@ def _claims(
             algorithms=["HS256"],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            leeway=TOKEN_LEEWAY_SECONDS,
+            # As API Gateway's JWT authorizer: exp is required; iat and nbf, when present,
+            # must not be in the future (PyJWT checks both).
+            options={"require": ["exp", "iss", "aud"]},
         )
     except jwt.PyJWTError as exc:
         raise Unauthorized(f"the staff token is not valid ({type(exc).__name__})") from None
+    for name in _TIME_CLAIMS:
+        # RFC 7519 NumericDate: a JSON number (PyJWT would also take "123" or true).
+        value = decoded.get(name)
+        if name in decoded and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise Unauthorized(f"the staff token is not valid ({name} is not a number)")
     return decoded
 
 
@@ -73,26 +101,41 @@ def staff(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     services: Annotated[Services, Depends(get_services)],
 ) -> Principal:
+    """The staff member calling, from their token; their clinic must exist."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     settings = services.settings
     claims = _claims(request, credentials, settings)
     try:
         clinic_id = UUID(str(claims.get(settings.tenant_claim, "")))
     except ValueError:
         raise Forbidden("the token names no clinic") from None
-    return Principal(
+    if not services.known_clinics.exists(clinic_id):
+        raise Forbidden("the token names no clinic")
+    principal = Principal(
         clinic_id=clinic_id,
         subject=str(claims.get("sub", "")),
         roles=_roles(claims.get(settings.roles_claim)),
     )
+    request.state.principal = principal
+    return principal
 
 
 def form_clinic(
+    request: Request,
     form_key: Annotated[str | None, Depends(form_key_header)],
     services: Annotated[Services, Depends(get_services)],
 ) -> UUID:
+    """The clinic whose public web form is posting (its X-Form-Key)."""
+    known: UUID | None = getattr(request.state, "form_clinic", None)
+    if known is not None:
+        return known
     if not form_key or len(form_key) > 200:
         raise Unauthorized("an X-Form-Key header is required")
-    return clinic_for_form_key(services.database, form_key)
+    clinic_id = clinic_for_form_key(services.database, form_key)
+    request.state.form_clinic = clinic_id
+    return clinic_id
 
 
 Staff = Annotated[Principal, Depends(staff)]
@@ -121,3 +164,45 @@ def operator(principal: Staff) -> Principal:
 Admin = Annotated[Principal, Depends(admin)]
 Operator = Annotated[Principal, Depends(operator)]
 FormClinic = Annotated[UUID, Depends(form_clinic)]
+
+_GUARDS: frozenset[Callable[..., Any]] = frozenset({staff, admin, operator, form_clinic})
+
+
+def _guards_of(dependant: Dependant) -> frozenset[Callable[..., Any]]:
+    """The guards among a route's dependencies, however deeply they are nested."""
+    found = {dependant.call} & _GUARDS if dependant.call is not None else set()
+    for sub in dependant.dependencies:
+        found |= _guards_of(sub)
+    return frozenset(found)
+
+
+async def check_caller(request: Request, guards: frozenset[Callable[..., Any]]) -> None:
+    """Run `guards` for this request (the database lookups off the event loop); their
+    answers stay on the request for the route's dependencies."""
+    services = get_services()
+    if form_clinic in guards:
+        form_key = await form_key_header(request)
+        await run_in_threadpool(form_clinic, request, form_key, services)
+    if guards & {staff, admin, operator}:
+        credentials = await bearer(request)
+        principal = await run_in_threadpool(staff, request, credentials, services)
+        if admin in guards:
+            admin(principal)
+        if operator in guards:
+            operator(principal)
+
+
+class GuardedRoute(APIRoute):
+    """A route that checks its caller (401/403) before FastAPI reads the request's body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        guards = _guards_of(self.dependant)
+        if not guards:
+            return handle
+
+        async def guarded(request: Request) -> Response:
+            await check_caller(request, guards)
+            return await handle(request)
+
+        return guarded

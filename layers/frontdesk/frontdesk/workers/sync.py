@@ -17,6 +17,7 @@ from frontdesk.platform import jobs
 from frontdesk.platform.db import transaction
 from frontdesk.platform.queues import JobKind, JobMessage, Queue
 from frontdesk.services import get_services
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.fetch import CallPolicy, TransientSyncError, run_fetch, run_validate
 from frontdesk.workers.records import Item, QueueWorker, Retry, one_by_one
 
@@ -31,6 +32,7 @@ def call_policy(settings: Settings) -> CallPolicy:
         backoff_max_seconds=settings.provider_backoff_max_seconds,
         breaker_threshold=settings.provider_breaker_failure_threshold,
         breaker_cooldown_seconds=settings.provider_breaker_cooldown_seconds,
+        egress=Egress.from_settings(settings),
     )
 
 

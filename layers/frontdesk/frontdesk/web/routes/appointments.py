@@ -14,11 +14,15 @@ from frontdesk.appointments.bookings import AppointmentChange, AppointmentOut, B
 from frontdesk.appointments.doctors import DoctorIn, DoctorOut, Slot
 from frontdesk.appointments.patients import PatientIn, PatientOut
 from frontdesk.values import Created
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, Write
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["appointments"], responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[404]})
+router = APIRouter(
+    route_class=GuardedRoute,
+    tags=["appointments"],
+    responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[404]},
+)
 
 
 @router.post("/doctors", status_code=201, summary="Add a doctor")

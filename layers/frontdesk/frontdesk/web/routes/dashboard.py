@@ -17,11 +17,11 @@ from fastapi import APIRouter, Header, Query, Response
 
 from frontdesk.dashboard import daily_metrics
 from frontdesk.dashboard.daily_metrics import DailyMetrics, Freshness, MetricsSummary
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["metrics"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["metrics"], responses=ERROR_RESPONSES)
 
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {

@@ -8,11 +8,11 @@ from fastapi import APIRouter
 
 from frontdesk.platform import jobs
 from frontdesk.platform.jobs import JobOut
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 @router.get("/jobs/{job_id}", summary="Web a job's status and progress (staff, own clinic)")
