@@ -350,7 +350,7 @@ def test_a_transient_error_hides_the_message_for_the_backoff(
     reply = get_message(api, chat, accepted["id"])
     assert reply["status"] == "queued" and "timed out" in reply["error"]
     assert rows(chat, "SELECT status, error FROM jobs WHERE id = %s", accepted["jobId"]) == [
-        ("running", "the model timed out (ReadTimeout)")
+        ("running", "the model timed out: no text within 1 s")
     ]
 
 

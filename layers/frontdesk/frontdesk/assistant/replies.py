@@ -30,6 +30,7 @@ from frontdesk.assistant.llm import (
     Completion,
     PermanentModelError,
     TransientModelError,
+    complete,
 )
 from frontdesk.platform import breaker, jobs
 from frontdesk.platform.crypto import DataKey, EnvelopeCipher, field_aad
@@ -120,7 +121,7 @@ def answer(
     # 2. the model call: no transaction open, the connection back in the container's hands
     started = time.perf_counter()
     try:
-        completion = model.complete(system, turns, timeout_seconds=timeout_seconds)
+        completion = complete(model, system, turns, timeout_seconds=timeout_seconds)
     except PermanentModelError as exc:
         with transaction(db) as cur:
             breaker.record_success(cur, model.breaker_name)  # it answered; the request was bad
