@@ -122,6 +122,7 @@ def blocking_handler() -> Any:
             ),
             timeout_seconds=settings.llm_timeout_seconds,
             last_attempt=True,
+            relay=services.handoff,
         )
         reply = assistant.get_message(
             services.database, services.cipher, clinic_id=staff.clinic_id, message_id=accepted.id

@@ -501,6 +501,7 @@ def test_duplicate_delivery_produces_one_reply(
             assistant.WorkerPolicy(100, 60, 20),
             timeout_seconds=2,
             last_attempt=False,
+            relay=get_services().handoff,
         )
         during_call.append(result.outcome)
 
@@ -664,3 +665,347 @@ def test_no_transaction_is_open_while_the_worker_waits_for_the_model(
     )
     assert during["checked_out"] == 0
     assert get_message(api, chat, accepted["id"])["status"] == "done"
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def reply_events(app: App, reply_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The reply's events in the order the worker wrote them, as a subscribed client gets
+    them (decrypted by `for_client`, as the PushWorker does); each one relayed."""
+    from frontdesk.assistant.reply_events import for_client
+    from frontdesk.services import get_services
+
+    cipher = get_services().cipher
+    found = rows(
+        app,
+        """SELECT payload, sent_at IS NOT NULL FROM outbox
+           WHERE target = 'bus' AND payload -> 'detail' ->> 'replyId' = %s ORDER BY id""",
+        reply_id,
+    )
+    assert all(sent for _, sent in found), "every event was relayed as it was committed"
+    return [(p["detailType"], for_client(cipher, p["detailType"], p["detail"])) for p, _ in found]
+
+
+def deltas_of(events: list[tuple[str, dict[str, Any]]], attempt: int) -> list[dict[str, Any]]:
+    return [d for t, d in events if t == "assistant.reply.delta" and d["attempt"] == attempt]
+
+
+def dones(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [d for t, d in events if t == "assistant.reply.done"]
+
+
+def relayed(app: App, reply_id: str) -> int:
+    found = rows(
+        app,
+        """SELECT count(*) FROM outbox
+           WHERE payload -> 'detail' ->> 'replyId' = %s AND sent_at IS NOT NULL""",
+        reply_id,
+    )
+    return int(found[0][0])
+
+
+def wait_until(condition: Any, seconds: float = 10) -> bool:
+    """Poll until `condition()` holds (True) or `seconds` pass (False): a wait, not a timing."""
+    import threading
+    import time
+
+    give_up = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+@pytest.fixture
+def every_chunk(chat: App, monkeypatch: pytest.MonkeyPatch) -> App:
+    """Deltas not coalesced: one per token the model sends, so counts are exact."""
+    monkeypatch.setenv("LLM_DELTA_INTERVAL_MS", "0")
+    reset_process_state()
+    return chat
+
+
+def test_a_reply_streams_as_deltas_then_done_with_the_text_that_is_stored(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a model that streams 12 tokens and quotes the question, which names a patient
+    llm.tokens, llm.echo = 12, True
+    accepted = ask(api, every_chunk, content="Did ada@example.org confirm for 9:00?")
+    # When the worker answers
+    assert drain(every_chunk, worker) == 1
+    # Then the model was asked for a stream, with its usage
+    assert llm.requests[0]["stream"] is True
+    assert llm.requests[0]["stream_options"] == {"include_usage": True}
+    # And staff got 12 deltas in order, then done, each relayed as it was committed
+    events = reply_events(every_chunk, accepted["id"])
+    deltas = deltas_of(events, 1)
+    assert [d["seq"] for d in deltas] == list(range(1, 13))
+    assert [t for t, _ in events] == ["assistant.reply.delta"] * 12 + ["assistant.reply.done"]
+    assert not any(d["reset"] for d in deltas)
+    assert len({d["eventId"] for _, d in events}) == 13
+    (done,) = dones(events)
+    # And the deltas joined, the done event's content and the stored reply are the same text
+    reply = get_message(api, every_chunk, accepted["id"])
+    assert reply["status"] == "done" and "ada@example.org" in reply["content"]
+    assert "".join(d["delta"] for d in deltas) == reply["content"] == done["content"]
+    assert (done["status"], done["attempt"], done["error"]) == ("done", 1, None)
+    assert done["conversationId"] == accepted["conversationId"]
+    assert done["jobId"] == accepted["jobId"] and done["clinicId"] == str(every_chunk.clinic_id)
+    # And the usage came from the stream's last chunk
+    assert reply["outputTokens"] == len(reply["content"]) // 4 + 1
+    # And no event holds the text in plaintext: only ids, counters and ciphertext
+    payloads = rows(every_chunk, "SELECT payload::text FROM outbox WHERE target = 'bus'")
+    assert payloads and not any("ada@example.org" in p or "fake model" in p for (p,) in payloads)
+
+
+def test_chunks_arriving_together_are_coalesced(
+    chat: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a model that sends its 30 tokens at once, and deltas at most every 250 ms
+    llm.tokens = 30
+    accepted = ask(api, chat)
+    drain(chat, worker)
+    # Then the first token went at once and the rest in far fewer deltas than tokens
+    deltas = deltas_of(reply_events(chat, accepted["id"]), 1)
+    assert 2 <= len(deltas) < 30
+    assert deltas[0]["delta"] == "(fake "
+    content = get_message(api, chat, accepted["id"])["content"]
+    assert "".join(d["delta"] for d in deltas) == content
+
+
+def test_a_stream_cut_mid_way_is_streamed_again_with_reset_and_stored_once(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a model whose first stream drops its connection after 4 tokens
+    llm.tokens = 10
+    llm.cut_stream(after_tokens=4)
+    accepted = ask(api, every_chunk)
+    # When the worker drains the queue (the retry reappears at once)
+    assert drain(every_chunk, worker) == 2
+    # Then the first attempt streamed 4 deltas, the second streamed again from the start,
+    # its first delta saying reset
+    events = reply_events(every_chunk, accepted["id"])
+    first, second = deltas_of(events, 1), deltas_of(events, 2)
+    assert [(d["seq"], d["reset"]) for d in first] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, False),
+    ]
+    assert [d["seq"] for d in second] == list(range(1, 11))
+    assert [d["reset"] for d in second] == [True] + [False] * 9
+    # And one done, one stored reply: the second attempt's text
+    (done,) = dones(events)
+    reply = get_message(api, every_chunk, accepted["id"])
+    assert (done["status"], done["attempt"]) == ("done", 2)
+    assert "".join(d["delta"] for d in second) == reply["content"] == done["content"]
+    assert rows(every_chunk, "SELECT count(*) FROM messages WHERE role = 'assistant'") == [(1,)]
+    assert rows(
+        every_chunk, "SELECT status, attempts, error FROM jobs WHERE id = %s", accepted["jobId"]
+    ) == [("succeeded", 2, None)]
+
+
+def test_a_worker_that_dies_mid_stream_leaves_the_retry_to_stream_again_from_the_start(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    from frontdesk.assistant import replies
+    from frontdesk.assistant.llm import ChatStream, ChatTurn
+    from frontdesk.platform.queues import JobMessage
+    from frontdesk.services import get_services
+
+    class Killed(BaseException):
+        """The process ending mid-stream: nothing after it runs (no except, no cleanup)."""
+
+    class DiesAfterThreeDeltas:
+        def __init__(self, model: Any) -> None:
+            self.model, self.provider, self.breaker_name = model, model.provider, model.breaker_name
+
+        def stream(self, system: str, turns: list[ChatTurn], **kwargs: Any) -> ChatStream:
+            for n, piece in enumerate(self.model.stream(system, turns, **kwargs), start=1):
+                yield piece
+                if n == 3:
+                    raise Killed
+
+    llm.tokens = 8
+    accepted = ask(api, every_chunk)
+    services = get_services()
+    message = JobMessage.model_validate_json(job_message_body(every_chunk, accepted["jobId"]))
+    # Given a worker that dies after its third delta
+    with pytest.raises(Killed):
+        replies.answer(
+            services.database,
+            services.cipher,
+            DiesAfterThreeDeltas(services.chat_model),  # type: ignore[arg-type]
+            message,
+            replies.WorkerPolicy(100, 60, 20, delta_interval_seconds=0),
+            timeout_seconds=2,
+            last_attempt=False,
+            relay=services.handoff,
+        )
+    # Then its claim holds the reply for a while: another delivery steps back
+    assert rows(every_chunk, "SELECT status FROM messages WHERE id = %s", accepted["id"]) == [
+        ("thinking",)
+    ]
+    assert drain(every_chunk, worker) == 1 and llm.calls == 1
+    # When the claim has expired (the message comes back after the visibility timeout, well
+    # after the claim: made so here) and the message is delivered again
+    execute(every_chunk, "UPDATE messages SET claimed_until = now() - interval '1 second'")
+    every_chunk.sqs().send_message(
+        QueueUrl=every_chunk.queue_url("LlmQueue"),
+        MessageBody=message.model_dump_json(by_alias=True),
+    )
+    assert drain(every_chunk, worker) == 1
+    # Then the retry streamed from the start with reset, and the reply was stored once
+    events = reply_events(every_chunk, accepted["id"])
+    assert [d["seq"] for d in deltas_of(events, 1)] == [1, 2, 3]
+    second = deltas_of(events, 2)
+    assert second[0]["reset"] and [d["seq"] for d in second] == list(range(1, 9))
+    (done,) = dones(events)
+    reply = get_message(api, every_chunk, accepted["id"])
+    assert "".join(d["delta"] for d in second) == reply["content"] == done["content"]
+    assert rows(every_chunk, "SELECT status, attempts FROM jobs") == [("succeeded", 2)]
+
+
+@pytest.mark.parametrize(
+    ("error_type", "job", "reply_status"),
+    [
+        ("server_error", ("succeeded", 2), "done"),
+        ("invalid_request_error", ("failed", 1), "failed"),
+    ],
+    ids=["transient", "permanent"],
+)
+def test_an_error_during_a_stream_is_retried_or_fails_the_reply(
+    every_chunk: App,
+    api: Any,
+    worker: Any,
+    llm: FakeLlm,
+    error_type: str,
+    job: tuple[str, int],
+    reply_status: str,
+) -> None:
+    # Given a model whose first stream reports an error after 3 tokens
+    llm.tokens = 6
+    llm.fail_stream(after_tokens=3, error_type=error_type)
+    accepted = ask(api, every_chunk)
+    # When the worker drains the queue
+    drain(every_chunk, worker)
+    # Then a server error is retried (streamed again, stored) and an invalid request fails
+    assert rows(
+        every_chunk, "SELECT status, attempts FROM jobs WHERE id = %s", accepted["jobId"]
+    ) == [job]
+    reply = get_message(api, every_chunk, accepted["id"])
+    assert reply["status"] == reply_status
+    events = reply_events(every_chunk, accepted["id"])
+    assert len(deltas_of(events, 1)) == 3
+    (done,) = dones(events)
+    assert done["status"] == reply_status
+    if reply_status == "failed":
+        assert (
+            done["error"]
+            == reply["error"]
+            == ("the model refused the request mid-stream (invalid_request_error)")
+        )
+        assert done["content"] is None and reply["content"] is None
+    else:
+        assert deltas_of(events, 2)[0]["reset"] and done["content"] == reply["content"]
+
+
+def test_every_failed_reply_ends_with_a_done_event(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a question the model refuses, and one it fails on every time
+    llm.script(400)
+    refused = ask(api, every_chunk, "one?")
+    drain(every_chunk, worker)
+    llm.script(*[500] * 5)
+    dead = ask(api, every_chunk, "two?")
+    drain(every_chunk, worker)
+    # Then each reply's failure was told, with the reply's error, once
+    for accepted, attempt in ((refused, 1), (dead, 5)):
+        events = reply_events(every_chunk, accepted["id"])
+        reply = get_message(api, every_chunk, accepted["id"])
+        assert [(t, d["status"], d["attempt"], d["error"]) for t, d in events] == [
+            ("assistant.reply.done", "failed", attempt, reply["error"])
+        ]
+
+
+def test_a_job_cancelled_mid_stream_stops_the_stream(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a model streaming 20 tokens, and staff cancelling the job as it sends the 4th
+    llm.tokens = 20
+    accepted = ask(api, every_chunk)
+
+    def cancel(token: int) -> None:
+        """Once the worker has sent the deltas of the first 3 tokens, cancel."""
+        if token == 4:
+            wait_until(lambda: relayed(every_chunk, accepted["id"]) == 3)
+            execute(
+                every_chunk,
+                "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %s",
+                accepted["jobId"],
+            )
+
+    llm.on_token = cancel
+    # When the worker answers
+    drain(every_chunk, worker)
+    # Then the stream stopped at the first delta after the cancel: the reply reads failed,
+    # a done says so, and nothing was stored
+    events = reply_events(every_chunk, accepted["id"])
+    assert len(deltas_of(events, 1)) == 3
+    (done,) = dones(events)
+    reply = get_message(api, every_chunk, accepted["id"])
+    assert (reply["status"], reply["content"]) == ("failed", None)
+    assert done["status"] == "failed" and done["error"] == reply["error"]
+    assert "cancelled" in reply["error"]
+    assert rows(every_chunk, "SELECT status FROM jobs") == [("cancelled",)]
+
+
+def test_no_transaction_is_open_between_chunks_of_the_stream(
+    every_chunk: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    from frontdesk.platform.db import PooledDatabase
+    from frontdesk.services import get_services
+
+    # Given the worker on a pool, and a model that streams 6 tokens
+    settings = get_services().settings
+    pool = PooledDatabase(
+        every_chunk.database_url,
+        settings.db_connect_timeout_seconds,
+        settings.db_statement_timeout_ms,
+        2,
+    )
+    use_test_services(database=pool)
+    llm.tokens = 6
+    accepted = ask(api, every_chunk)
+    seen: list[dict[str, Any]] = []
+
+    def now() -> dict[str, Any]:
+        with psycopg.connect(every_chunk.database_url, application_name="observer") as conn:
+            sessions = conn.execute(
+                """SELECT state, xact_start FROM pg_stat_activity
+                   WHERE application_name = 'frontdesk' AND datname = current_database()"""
+            ).fetchall()
+        stats = pool._pool.get_stats()
+        return {
+            "relayed": relayed(every_chunk, accepted["id"]),
+            "idle": bool(sessions) and all(s == "idle" and x is None for s, x in sessions),
+            "checked_out": stats["pool_size"] - stats["pool_available"],
+        }
+
+    def between_chunks(token: int) -> None:
+        """Before token n (n > 1) the worker has the n - 1 before it and waits for the
+        model: once their deltas are relayed, it must hold nothing while it waits."""
+        if token > 1:
+            expected = {"relayed": token - 1, "idle": True, "checked_out": 0}
+            wait_until(lambda: now() == expected)
+            seen.append(now())
+
+    llm.on_token = between_chunks
+    # When the worker answers
+    drain(every_chunk, worker)
+    # Then before every chunk after the first, the deltas so far were relayed, every
+    # frontdesk session was idle with no transaction, and no pooled connection was out
+    assert seen == [{"relayed": n, "idle": True, "checked_out": 0} for n in range(1, 6)]
+    assert get_message(api, every_chunk, accepted["id"])["status"] == "done"

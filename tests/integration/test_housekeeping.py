@@ -140,6 +140,17 @@ def test_a_job_lost_after_every_rescue_is_given_up_with_the_reason(
         http_event("GET", f"/assistant/messages/{asked['data']['id']}", clinic_id=app.clinic_id),
     )
     assert reply["data"]["status"] == "failed" and "given up" in reply["data"]["error"]
+    # And whoever waits for the reply is told: assistant.reply.done, failed, with the error
+    ((detail,),) = rows(
+        app,
+        """SELECT payload -> 'detail' FROM outbox
+           WHERE payload ->> 'detailType' = 'assistant.reply.done'""",
+    )
+    assert (detail["replyId"], detail["status"], detail["error"]) == (
+        asked["data"]["id"],
+        "failed",
+        reply["data"]["error"],
+    )
     # And operators see it counted
     report = stuck(ops, app)
     assert report["givenUpLastDay"] == 1 and report["maxRescues"] == 2

@@ -1,6 +1,7 @@
 """After the main flows (leads from the form, staff and a CSV import; patients, booking with
-email and SMS; assistant questions naming people; the workers draining every queue; the
-dead-letter view), no plaintext email address or phone number of a test person is in any
+email and SMS; assistant questions naming people, answered by a model that quotes them and
+streamed to staff as events; the workers draining every queue; the dead-letter view), no
+plaintext email address or phone number of a test person is in any
 table of the database or in any log line: neither once the requests are answered (an
 uploaded file waiting for its worker included) nor once the workers are done.
 
@@ -23,8 +24,15 @@ from typing import Any
 import psycopg
 import pytest
 
+from local.fake_llm import FakeLlm
 from tests.integration.conftest import FORM_KEY, App
-from tests.support import LambdaContext, http_event, http_response, load_handler
+from tests.support import (
+    LambdaContext,
+    http_event,
+    http_response,
+    load_handler,
+    reset_process_state,
+)
 
 PEOPLE = [
     {"name": "Grace Hopper", "email": "grace.hopper@example.org", "phone": "+1 555 0100 777"},
@@ -136,12 +144,30 @@ def test_the_scan_sees_what_bytea_and_json_hold() -> None:
         assert email in "".join(readable(value)), value
 
 
+@pytest.fixture
+def quoting_model(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLlm]:
+    """LlmWorker's model quotes each question in its reply (a real model may), streamed one
+    delta per token: the replies and their events carry the people's contact details."""
+    with FakeLlm() as llm:
+        llm.echo = True
+        settings = {
+            "LLM_PROVIDER": "openai",
+            "LLM_BASE_URL": llm.base_url,
+            "LLM_API_KEY": "sk-test",
+            "LLM_DELTA_INTERVAL_MS": "0",
+        }
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        reset_process_state()
+        yield llm
+
+
 def drain(app: App, function_id: str, handler: Any) -> int:
     return app.drain(function_id, handler, retry_after_seconds=0)
 
 
 def test_no_plaintext_email_or_phone_in_the_database_or_the_logs(
-    app: App, logs: io.StringIO
+    app: App, logs: io.StringIO, quoting_model: FakeLlm
 ) -> None:
     api = load_handler("api")
     ops = load_handler("ops")
@@ -223,6 +249,15 @@ def test_no_plaintext_email_or_phone_in_the_database_or_the_logs(
         )
     )
     assert status == 200 and katherine["email"] in conversation["data"]["messages"][0]["content"]
+    # And the replies quote the questions (emails and phones), and streamed as events
+    replies = [m["content"] for m in conversation["data"]["messages"] if m["role"] == "assistant"]
+    assert katherine["email"] in replies[0] and alan["phone"] in replies[1]
+    with psycopg.connect(app.database_url) as conn:
+        (deltas,) = conn.execute(
+            """SELECT count(*) FROM outbox
+               WHERE payload ->> 'detailType' = 'assistant.reply.delta'"""
+        ).fetchone() or (0,)
+    assert deltas > 10
     assert conversation["data"]["title"] == f"Follow-up {grace['email']}"
     dump = database_text(app.database_url)
     text = logs.getvalue().lower()

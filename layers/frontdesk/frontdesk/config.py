@@ -93,8 +93,14 @@ class Settings(BaseSettings):
     llm_secret_arn: str = ""
     llm_api_key: SecretStr | None = None
     llm_model: str = ""  # empty: the provider's default
-    # One model call's deadline; the worker also keeps it inside the Lambda's remaining time.
+    # One model call's deadline (the whole stream); the worker also keeps it inside the
+    # Lambda's remaining time. The first text must come sooner: a model that has said nothing
+    # after this long (or goes silent this long mid-stream) is given up on, as a timeout.
     llm_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    llm_first_token_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # The reply streams to staff as assistant.reply.delta events, at most one per this many
+    # milliseconds (the first at once); 0 sends every chunk the model sends.
+    llm_delta_interval_ms: int = Field(default=250, ge=0, le=60_000)
     llm_max_output_tokens: int = Field(default=512, ge=16, le=8192)
     llm_history_messages: int = Field(default=20, ge=0, le=200)
     # Transient failures: the message reappears after base * 2^(receive-1), jittered, capped.

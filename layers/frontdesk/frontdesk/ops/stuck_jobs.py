@@ -73,7 +73,7 @@ def rescue(uow: UnitOfWork, policy: RescuePolicy, *, limit: int = _BATCH) -> Res
     if reasons:
         outcome.given_up = list(reasons)
         jobs.finish_many(cur, outcome.given_up, "dead", errors=list(reasons.values()))
-        replies.fail_replies_of(cur, outcome.given_up, "the reply was given up on (its job died)")
+        replies.fail_replies_of(uow, outcome.given_up, "the reply was given up on (its job died)")
     return outcome
 
 

@@ -11,6 +11,9 @@ So nobody waits for it:
   work really happens, and the client never waits for it. Without the extension (in-process
   tests, a worker, the extension thread gone) they are relayed as the invocation ends.
 - outside any invocation (scripts, the local runtime's seeding) they are relayed at once.
+- `RelayNow(relay)` relays at once inside an invocation too: for events worth something only
+  while fresh (a streamed reply's deltas, sent between chunks of the model's answer rather
+  than when the invocation ends).
 
 The after-response relay has a budget: short connect and read timeouts, one attempt per
 call and a total cap, so a slow or hanging AWS endpoint delays the environment's next event
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from frontdesk.observability import logger
 from frontdesk.platform import outbox
@@ -93,3 +96,23 @@ class Relay:
             logger.warning("the relay extension is gone; relaying before the response")
         if ids:
             self.relay(ids)
+
+
+class Relays(Protocol):
+    """What relays committed rows now (`Relay`)."""
+
+    def relay(self, outbox_ids: list[int]) -> outbox.RelayResult: ...
+
+
+class RelayNow:
+    """A hand-off that relays each commit's rows at once, within the relay's budget, inside
+    an invocation too. Never raises; `failures` counts the commits whose rows it could not
+    all send (the sweeper sends them later)."""
+
+    def __init__(self, relay: Relays) -> None:
+        self._relay = relay
+        self.failures = 0
+
+    def submit(self, outbox_ids: Sequence[int]) -> None:
+        if outbox_ids and self._relay.relay(list(outbox_ids)).failed:
+            self.failures += 1

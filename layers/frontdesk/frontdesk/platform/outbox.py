@@ -51,7 +51,8 @@ def add_messages(
 def add_event(
     cur: Cursor, *, detail_type: EventType, detail: dict[str, Any], request_id: str | None
 ) -> tuple[int, str]:
-    """A domain event for the bus; (outbox id, event id). `detail` holds ids, never PII.
+    """A domain event for the bus; (outbox id, event id). `detail` holds ids, never PII in
+    plaintext (an assistant reply's text travels encrypted: frontdesk.assistant.reply_events).
 
     The detail gets an `eventId` (unless it has one): EventBridge gives an event a new id
     each time it is put, and the relay and the sweeper may both put one row, so consumers

@@ -66,6 +66,10 @@ class EventType(StrEnum):
     APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
     APPOINTMENT_CANCELLED = "appointment.cancelled"
     LEAD_IMPORT_COMPLETED = "lead_import.completed"
+    # The assistant's reply as it streams, then its end (frontdesk.assistant.reply_events:
+    # the text travels encrypted).
+    ASSISTANT_REPLY_DELTA = "assistant.reply.delta"
+    ASSISTANT_REPLY_DONE = "assistant.reply.done"
 
 
 EVENT_SOURCE = "frontdesk"

@@ -143,7 +143,7 @@ class UnitOfWork:
         )
 
     def emit(self, event: EventType, detail: dict[str, Any]) -> str:
-        """A domain event (ids, never PII); returns its stable `eventId`."""
+        """A domain event (ids, never plaintext PII); returns its stable `eventId`."""
         outbox_id, event_id = outbox.add_event(
             self.cur, detail_type=event, detail=detail, request_id=self.request_id
         )

@@ -1,5 +1,7 @@
 """LlmWorker (the llm queue): one message -> at most one stored reply
-(frontdesk.assistant.replies), a record at a time.
+(frontdesk.assistant.replies), a record at a time, streamed to staff as it is generated
+(`assistant.reply.delta` events a few times a second, relayed as they commit, then
+`assistant.reply.done`; frontdesk.assistant.reply_events).
 
 What happens to a message:
 - reply stored, or nothing left to do (done, cancelled, duplicate): the record succeeds and
@@ -109,9 +111,12 @@ def answer(item: Item[JobMessage], lambda_context: Any) -> str:
                 breaker_threshold=settings.llm_breaker_failure_threshold,
                 breaker_cooldown_seconds=settings.llm_breaker_cooldown_seconds,
                 history_messages=settings.llm_history_messages,
+                delta_interval_seconds=settings.llm_delta_interval_ms / 1000,
+                first_token_seconds=settings.llm_first_token_timeout_seconds,
             ),
             timeout_seconds=call_timeout(settings, remaining),
             last_attempt=context.is_last_attempt,
+            relay=services.handoff,
         )
     except replies.ReplyDeferred as exc:
         if exc.dead:
@@ -129,6 +134,8 @@ def answer(item: Item[JobMessage], lambda_context: Any) -> str:
         )
         _retry_later(services, context.record, delay)
         raise Retry(f"{exc.reason}; again in {delay} s") from exc
+    if result.deltas:
+        metrics.add_metric(name="LlmReplyDeltas", unit=MetricUnit.Count, value=result.deltas)
     if result.outcome == "wait":
         delay = _send_again_later(services, context, result.wait_seconds)
         logger.info("circuit open: message re-sent with a delay", extra={"delay_s": delay})
