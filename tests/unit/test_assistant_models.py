@@ -206,6 +206,25 @@ def test_a_stream_past_its_deadline_is_a_timeout() -> None:
         complete(openai(respond), SYSTEM, TURNS, timeout_seconds=0.05)
 
 
+def test_reasoning_is_not_shown_but_counts_as_the_first_sign_of_life() -> None:
+    import time
+
+    def thinking() -> Any:
+        yield b'data: {"choices": [{"index": 0, "delta": {"reasoning_content": "Hm"}}]}\n\n'
+        time.sleep(0.2)  # past the first-token deadline, not the whole one
+        yield b'data: {"choices": [{"index": 0, "delta": {"content": "Four."}}]}\n\n'
+        yield b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+
+    def respond(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=thinking()
+        )
+
+    pieces = list(openai(respond).stream(SYSTEM, TURNS, timeout_seconds=5, first_token_seconds=0.1))
+    assert pieces[0] == "Four." and isinstance(pieces[1], Completion)
+    assert pieces[1].text == "Four."
+
+
 def test_openai_compatible_timeout_is_transient() -> None:
     def hang(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)

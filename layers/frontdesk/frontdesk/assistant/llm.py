@@ -12,7 +12,8 @@ help), raised before the first delta or between any two. The worker decides what
 each; providers never retry by themselves, so one call costs at most one timeout.
 
 Two deadlines bound a call: no text within `first_token_seconds` (or that long without a
-byte mid-stream), and the whole stream within `timeout_seconds`. A watchdog thread enforces
+byte mid-stream; a reasoning model's reasoning counts as its first sign of life, though it
+is never shown), and the whole stream within `timeout_seconds`. A watchdog thread enforces
 them while the call waits on the socket: when one passes it shuts the socket down, so the
 blocked read returns at once, and the stream ends with a TransientModelError naming the
 deadline.
@@ -389,6 +390,8 @@ class OpenAiCompatibleModel:
                         deadlines.token()
                         parts.append(text)
                         yield text
+                    elif delta.get("reasoning_content") or delta.get("reasoning"):
+                        deadlines.token()  # a reasoning model thinking aloud: alive, not shown
                     reason = choice.get("finish_reason")
                     if reason == "content_filter":
                         raise PermanentModelError(
@@ -602,11 +605,14 @@ class BedrockModel:
                 for event in events:
                     deadlines.check()
                     if "contentBlockDelta" in event:
-                        text = event["contentBlockDelta"].get("delta", {}).get("text")
+                        delta = event["contentBlockDelta"].get("delta", {})
+                        text = delta.get("text")
                         if text:
                             deadlines.token()
                             parts.append(text)
                             yield text
+                        elif delta.get("reasoningContent"):
+                            deadlines.token()  # the model reasoning: alive, not shown
                     elif "messageStop" in event:
                         stop = str(event["messageStop"].get("stopReason") or "end_turn")
                         if stop in ("guardrail_intervened", "content_filtered"):
