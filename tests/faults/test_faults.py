@@ -314,3 +314,107 @@ def test_a_worker_killed_mid_batch_its_records_are_redelivered_and_processed_onc
     # Then the killed batch was redelivered and every lead got exactly one email
     assert queue_depth(app, "NotificationsDLQ") == 0
     assert set(lead_books(app, accepted).values()) == {30}
+
+
+_KILLED_MID_STREAM = """
+import os, signal, boto3
+from frontdesk.platform import handoff
+from local.sqs_source import poll_once
+from tests.support import LambdaContext, load_handler
+
+relay_now = handoff.RelayNow.submit
+relayed = []
+
+def submit(self, outbox_ids):
+    relay_now(self, outbox_ids)
+    relayed.append(outbox_ids)
+    if len(relayed) == 3:  # three deltas relayed, the model still streaming: SIGKILL
+        os.kill(os.getpid(), signal.SIGKILL)
+
+handoff.RelayNow.submit = submit
+worker = load_handler("llm_worker")
+poll_once(
+    boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"]),
+    queue_url=os.environ["KILL_QUEUE_URL"], queue_arn=os.environ["KILL_QUEUE_ARN"],
+    region="us-east-1", batch_size=1, partial_batch_response=True,
+    invoke=lambda event: worker.handler(event, LambdaContext()), wait_seconds=1,
+)
+"""
+
+
+@pytest.mark.slow
+def test_an_llm_worker_killed_mid_stream_the_retry_streams_again_and_stores_once(
+    app: App, llm: FakeLlm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from frontdesk.assistant.reply_events import for_client
+    from frontdesk.services import get_services
+    from tests.support import REPO
+
+    for name, value in {
+        "LLM_PROVIDER": "openai",
+        "LLM_BASE_URL": llm.base_url,
+        "LLM_API_KEY": "k",
+        "LLM_DELTA_INTERVAL_MS": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_process_state()
+    api, worker = load_handler("api"), load_handler("llm_worker")
+    # Given a question, a model streaming 12 tokens, and the llm queue's visibility timeout
+    # shortened to 2 s for the test (360 s in the template)
+    llm.tokens = 12
+    event = http_event(
+        "POST", "/assistant/conversations", body={"content": "Leads?"}, clinic_id=app.clinic_id
+    )
+    status, _, body = http_response(api.handler(event, LambdaContext()))
+    assert status == 202, body
+    reply_id = body["data"]["id"]
+    url = app.queue_url("LlmQueue")
+    app.sqs().set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "2"})
+    source = next(s for s in app.stack.sqs_event_sources() if s.function_logical_id == "LlmWorker")
+    # When an LlmWorker process is SIGKILLed after relaying its third delta, mid-stream
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_STREAM],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{REPO / 'layers' / 'frontdesk'}:{REPO}",
+            "KILL_QUEUE_URL": url,
+            "KILL_QUEUE_ARN": source.queue_arn,
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert one(app, "SELECT status FROM messages WHERE id = %s", reply_id) == "thinking"
+    # And its claim expires (the call's timeout + 15 s, well before the real visibility
+    # timeout: made so here rather than waited for) before SQS shows the message again
+    with psycopg.connect(app.database_url) as conn:
+        conn.execute("UPDATE messages SET claimed_until = now() - interval '1 s'")
+    deadline = time.monotonic() + 30
+    while one(app, "SELECT status FROM messages WHERE id = %s", reply_id) != "done":
+        assert time.monotonic() < deadline, "the message never came back"
+        drain(app, "LlmWorker", worker, wait=1, rounds=1)
+    # Then the retry streamed from the start, saying reset, and the reply is stored once
+    with psycopg.connect(app.database_url) as conn:
+        events = [
+            for_client(get_services().cipher, p["detailType"], p["detail"])
+            for (p,) in conn.execute(
+                """SELECT payload FROM outbox
+                   WHERE payload -> 'detail' ->> 'replyId' = %s ORDER BY id""",
+                (reply_id,),
+            )
+        ]
+    deltas = [(e["attempt"], e["seq"], e["reset"]) for e in events if "seq" in e]
+    assert deltas[:3] == [(1, 1, False), (1, 2, False), (1, 3, False)]
+    assert deltas[3:] == [(2, 1, True)] + [(2, seq, False) for seq in range(2, 13)]
+    (done,) = [e for e in events if "status" in e]
+    second = "".join(e["delta"] for e in events if e.get("attempt") == 2 and "seq" in e)
+    assert (done["status"], done["attempt"], done["content"]) == ("done", 2, second)
+    assert one(app, "SELECT count(*) FROM messages WHERE role = 'assistant'") == 1
+    assert one(app, "SELECT status, attempts FROM jobs") == ("succeeded", 2)
+    assert llm.calls == 2
