@@ -94,6 +94,22 @@ def test_a_file_without_resources_is_refused(tmp_path: Path) -> None:
         load_template(write_template(tmp_path, "just: text\n"))
 
 
+def test_a_resource_given_twice_is_refused(tmp_path: Path) -> None:
+    # Given a template naming one resource twice (YAML alone would keep the last)
+    text = """
+        Resources:
+          Topic:
+            Type: AWS::SNS::Topic
+          Queue:
+            Type: AWS::SQS::Queue
+          Topic:
+            Type: AWS::SNS::Topic
+    """
+    # When loaded / Then it is refused, naming the key and both lines
+    with pytest.raises(TemplateError, match=r"'Topic' is given twice \(lines 3 and 7\)"):
+        load_template(write_template(tmp_path, textwrap.dedent(text)))
+
+
 # ---------------------------------------------------------------- resolving
 
 TEMPLATE: dict[str, Any] = {
