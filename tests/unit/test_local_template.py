@@ -379,6 +379,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-NotificationsQueue",
             "QueueName": "frontdesk-local-NotificationsQueue",
         },
+        "PushQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-PushQueue",
+            "QueueName": "frontdesk-local-PushQueue",
+        },
         "LlmQueue": {
             "Ref": "http://localhost/123456789012/frontdesk-local-LlmQueue",
             "QueueUrl": "http://localhost/123456789012/frontdesk-local-LlmQueue",
@@ -431,7 +437,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
-    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker"}
+    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker", "PushWorker"}
     assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
     assert sources["SyncWorker"].visibility_timeout == 720
     source = sources["NotifyWorker"]
