@@ -18,7 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from frontdesk.clinics import clinic_for_form_key
 from frontdesk.config import Settings
 from frontdesk.errors import Forbidden, Unauthorized
-from frontdesk.services import Services, get_services
+from frontdesk.web.context import ServicesDep
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -68,10 +68,10 @@ def _roles(value: Any) -> frozenset[str]:
     return frozenset()
 
 
-def staff(
+async def staff(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> Principal:
     settings = services.settings
     claims = _claims(request, credentials, settings)
@@ -88,8 +88,9 @@ def staff(
 
 def form_clinic(
     form_key: Annotated[str | None, Depends(form_key_header)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> UUID:
+    # `def`: the lookup is a query (FastAPI runs it in a worker thread).
     if not form_key or len(form_key) > 200:
         raise Unauthorized("an X-Form-Key header is required")
     return clinic_for_form_key(services.database, form_key)
@@ -103,14 +104,14 @@ ADMIN_ROLE = "admin"
 OPERATOR_ROLE = "operator"
 
 
-def admin(principal: Staff) -> Principal:
+async def admin(principal: Staff) -> Principal:
     """Staff holding their clinic's admin role (provider accounts)."""
     if ADMIN_ROLE not in principal.roles:
         raise Forbidden("this route needs the admin role")
     return principal
 
 
-def operator(principal: Staff) -> Principal:
+async def operator(principal: Staff) -> Principal:
     """The platform's operators: queues and dead letters are shared by every clinic, so a
     clinic's admin role is not enough to see or replay them."""
     if OPERATOR_ROLE not in principal.roles:
