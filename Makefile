@@ -25,9 +25,11 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 .frontdesk/run:
 	mkdir -p $@ && chmod 700 $@
 
-## make dev: the whole system locally (embedded PostgreSQL + moto + API + workers + schedules)
+## make dev: the whole system locally (embedded PostgreSQL + moto + API + workers + schedules);
+## DEV_ARGS passes options, e.g. `make dev DEV_ARGS=--replica` (a streaming read replica)
+DEV_ARGS ?=
 dev: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m local.dev
+	$(PY) -m local.dev $(DEV_ARGS)
 
 ## make test: unit, integration, e2e and fault tests
 test: $(VENV)/.installed-py313 .frontdesk/run

@@ -99,6 +99,7 @@ def blocking_handler() -> Any:
             staff.clinic_id,
             lambda uow: assistant.ask(
                 uow,
+                services.cipher,
                 clinic_id=staff.clinic_id,
                 conversation_id=conversation_id,
                 question=body,
@@ -111,6 +112,7 @@ def blocking_handler() -> Any:
         )
         replies.answer(
             services.database,
+            services.cipher,
             services.chat_model,
             message,
             replies.WorkerPolicy(
@@ -122,7 +124,7 @@ def blocking_handler() -> Any:
             last_attempt=True,
         )
         reply = assistant.get_message(
-            services.database, clinic_id=staff.clinic_id, message_id=accepted.id
+            services.database, services.cipher, clinic_id=staff.clinic_id, message_id=accepted.id
         )
         return web.ok(reply, "askAndWait", "message")
 

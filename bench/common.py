@@ -223,6 +223,7 @@ def export_stack(moto: Moto, database_url: str) -> Any:
     for function in provisioned.functions():
         os.environ.update(provisioned.function_environment(function.logical_id))
     os.environ.update(AWS_ENDPOINT_URL=moto.url, DATABASE_SECRET_ARN="", DATABASE_URL=database_url)
+    os.environ.update(DB_SSLMODE="prefer", DB_STARTUP_OPTIONS="true")  # no RDS Proxy locally
     reset_process_state()
     return provisioned
 

@@ -63,6 +63,7 @@ def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
     from frontdesk.platform.db import transaction
     from frontdesk.services import get_services
     from frontdesk.sync import accounts as provider_accounts
+    from frontdesk.sync.egress import Egress
     from local.fake_provider import FakeProvider
     from tests.support import LambdaContext, http_event
 
@@ -75,7 +76,11 @@ def bench_webhooks(report: Report, api: Any, clinic_id: uuid.UUID) -> None:
     services = get_services()
     with services.unit_of_work(clinic_id=clinic_id) as uow:
         saved = provider_accounts.create_account(
-            uow, services.cipher, clinic_id=clinic_id, account=account, allow_http=True
+            uow,
+            services.cipher,
+            clinic_id=clinic_id,
+            account=account,
+            egress=Egress.of(True, ["127.0.0.1"]),
         )
     with transaction(services.database) as cur:
         provider_accounts.set_status(cur, saved.id, "active", None)

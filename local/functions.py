@@ -2,7 +2,10 @@
 
 A function keeps up to its concurrency of environments (local.lambda_runtime): an
 invocation takes an idle one, or starts one (a cold start, with an INIT line) while the
-pool is below its concurrency, or waits for one to finish its invoke phase. Each
+pool is below its concurrency, or else waits for one to finish its invoke phase (an
+event source mapping or an asynchronous invoke: Lambda holds the event) or, for a
+synchronous caller such as API Gateway (`throttle=True`), is refused at once with
+Lambda's TooManyRequestsException, as a function at its reserved concurrency is. Each
 invocation logs a REPORT line once its invoke phase is over (the runtime and every
 extension done), as Lambda's REPORT covers the extensions' time too.
 """
@@ -19,7 +22,21 @@ from local.template import FunctionSpec
 
 log = logging.getLogger("local")
 
-__all__ = ["FunctionError", "LocalFunction"]
+__all__ = ["FunctionError", "LocalFunction", "Throttled"]
+
+
+class Throttled(FunctionError):
+    """Lambda refused the invocation: the function is at its reserved concurrency."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__(
+            {
+                "errorType": "TooManyRequestsException",
+                "errorMessage": "Rate Exceeded.",
+                "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                "function": function,
+            }
+        )
 
 
 class LocalFunction:
@@ -31,9 +48,12 @@ class LocalFunction:
         concurrency: int = 1,
         on_invoked: Callable[[str, Any], None] | None = None,
         snap_start: bool = False,
+        throttle: bool = False,
     ) -> None:
         self.spec = spec
         self.concurrency = max(1, concurrency)
+        self.throttle = throttle
+        self.throttles = 0  # invocations refused (Lambda's Throttles metric)
         self._environment = dict(environment)
         self._on_invoked = on_invoked
         self._snap_start = snap_start
@@ -73,6 +93,12 @@ class LocalFunction:
                 if self._count < self.concurrency:
                     self._count += 1
                     break
+                if self.throttle:
+                    self.throttles += 1
+                    log.info(
+                        "%s THROTTLED (concurrency %d)", self.spec.logical_id, self.concurrency
+                    )
+                    raise Throttled(self.spec.logical_id)
                 self._cond.wait()
         try:
             return self.start_environment()

@@ -7,7 +7,10 @@ event whose `requestContext.authorizer.jwt.claims` carries the claims as API Gat
 them (strings; arrays as "[a b]"). The function's proxy response becomes the HTTP answer.
 Refusals are API Gateway's own: 404 `{"message":"Not Found"}`, 401
 `{"message":"Unauthorized"}`, 413 over 10 MB, 500 `{"message":"Internal Server Error"}`
-when the function fails. Locally the tokens are HS256 under the runtime's own secret.
+when the function fails, and also when Lambda throttles it (a function at its reserved
+concurrency: API Gateway cannot tell a client to retry then, which is why the API's
+reserved concurrency sits above its share of the database, where it answers 503 itself).
+Locally the tokens are HS256 under the runtime's own secret.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ _PARAM = re.compile(r"\{([^{}+]+)(\+?)\}")
 
 
 class _Route:
-    def __init__(self, route: HttpRoute) -> None:
+    def __init__(self, route: HttpRoute, invoke: Callable[[dict[str, Any]], Any]) -> None:
         self.route = route
+        self.invoke = invoke
         self.key = f"{route.method} {route.path}"
         pattern = ""
         position = 0
@@ -54,21 +58,25 @@ class _Route:
 
 
 class HttpApiGateway:
-    """An ASGI app standing in for the HTTP API in front of one function."""
+    """An ASGI app standing in for the HTTP API in front of its functions: `invoke` is the
+    one function behind every route, or a map of each route to its function."""
 
     def __init__(
         self,
         routes: Sequence[HttpRoute],
         authorizers: Mapping[str, JwtAuthorizer],
         jwt_secret: str,
-        invoke: Callable[[dict[str, Any]], Any],
+        invoke: Callable[[dict[str, Any]], Any]
+        | Mapping[HttpRoute, Callable[[dict[str, Any]], Any]],
         extra_documents: Mapping[str, bytes] | None = None,
     ) -> None:
+        def target(route: HttpRoute) -> Callable[[dict[str, Any]], Any]:
+            return invoke[route] if isinstance(invoke, Mapping) else invoke
+
         # Literal segments win over parameters, as API Gateway picks the most specific route.
-        self._routes = sorted((_Route(r) for r in routes), key=lambda r: r.params)
+        self._routes = sorted((_Route(r, target(r)) for r in routes), key=lambda r: r.params)
         self._authorizers = dict(authorizers)
         self._secret = jwt_secret
-        self._invoke = invoke
         self._documents = dict(extra_documents or {})
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -106,7 +114,7 @@ class HttpApiGateway:
                 return
         event = _event(scope, route.key, headers, params, body, claims)
         try:
-            response = await anyio.to_thread.run_sync(self._invoke, event)
+            response = await anyio.to_thread.run_sync(route.invoke, event)
         except FunctionError:
             await _answer(send, 500, {"message": "Internal Server Error"})
             return

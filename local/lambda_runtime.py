@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,7 +129,7 @@ class Environment:
         if snap_start:
             env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
         self._started = time.perf_counter()
-        self.process = subprocess.Popen(
+        self.process = _spawner.popen(
             [sys.executable, "-m", "awslambdaric", handler],
             cwd=code_dir,
             env=env,
@@ -256,6 +258,7 @@ class Environment:
 
     def shutdown(self) -> None:
         """End the environment (SIGTERM to a thawed process, as Lambda's shutdown does)."""
+        self.dead = True
         if self.process.poll() is None:
             self.thaw()
             self.process.terminate()
@@ -270,6 +273,12 @@ class Environment:
         for raw in self.process.stdout:
             if on_output is not None:
                 on_output(raw.decode("utf-8", "replace").rstrip("\n"))
+        code = self.process.wait()
+        if not self.dead:
+            log.warning("%s: the environment's process exited (code %s)", self.name, code)
+            with self._cond:
+                self.dead = True
+                self._cond.notify_all()
 
     # ------------------------------------------------------------ the APIs (server threads)
 
@@ -344,6 +353,38 @@ class Environment:
         return f"arn:aws:lambda:us-east-1:{ACCOUNT_ID}:function:{self.name}"
 
 
+class _Spawner:
+    """Starts the environments' processes from one thread that lives as long as the local
+    runtime: the kernel sends the parent-death signal when the *thread* that forked the
+    child ends, so a process started from a short-lived thread (a request's worker thread)
+    would be killed with it."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Any, Any, Future[Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spawner", daemon=True)
+                self._thread.start()
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((args, kwargs, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            args, kwargs, future = self._requests.get()
+            try:
+                future.set_result(subprocess.Popen(args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
 def _die_with_parent() -> None:
     """In the child: SIGKILL when the local runtime dies, even by SIGKILL (Linux)."""
     import ctypes
@@ -352,12 +393,21 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A process that ends drops its connections: not an error of the server's."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def _serve(environment: Environment) -> ThreadingHTTPServer:
     class Handler(_ApiHandler):
         env = environment
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), Handler)
     threading.Thread(
         target=server.serve_forever, name=f"{environment.name}-api", daemon=True
     ).start()

@@ -144,4 +144,7 @@ UNREACHABLE_ENVIRONMENT = {
     "NOTIFICATIONS_QUEUE_URL": "http://sqs.invalid/notifications",
     "LLM_QUEUE_URL": "http://sqs.invalid/llm",
     "SYNC_QUEUE_URL": "http://sqs.invalid/sync",
+    "NOTIFICATIONS_DLQ_URL": "http://sqs.invalid/notifications-dlq",
+    "LLM_DLQ_URL": "http://sqs.invalid/llm-dlq",
+    "SYNC_DLQ_URL": "http://sqs.invalid/sync-dlq",
 }

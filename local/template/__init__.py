@@ -36,7 +36,13 @@ from local.template.intrinsics import (
     references,
 )
 from local.template.loader import REPO, TEMPLATE_PATH, CloudFormationLoader, load_template
-from local.template.provision import creation_order, generate_secret_string, provision
+from local.template.provision import (
+    LOCAL_PARAMETERS,
+    creation_order,
+    generate_secret_string,
+    local_parameters,
+    provision,
+)
 from local.template.schedules import (
     CronSchedule,
     cron_next,
@@ -58,6 +64,7 @@ from local.template.stack import (
 __all__ = [
     "DEFAULT_REGION",
     "LOCAL_ACCOUNT_ID",
+    "LOCAL_PARAMETERS",
     "LOCAL_STACK_NAME",
     "NO_VALUE",
     "PARTITION",
@@ -78,6 +85,7 @@ __all__ = [
     "cron_next",
     "generate_secret_string",
     "load_template",
+    "local_parameters",
     "next_fire_interval",
     "next_fire_time",
     "parameter_values",

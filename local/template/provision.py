@@ -28,6 +28,27 @@ from local.template.stack import Provisioned, _truthy
 if TYPE_CHECKING:
     import boto3
 
+# The parameters a local stack is provisioned with, unless told otherwise: the local runtime
+# stands in for the infrastructure (its embedded PostgreSQL is the "existing" database, and
+# it is its own JWT issuer), and it sends mail as a fixed local sender.
+LOCAL_PARAMETERS: dict[str, Any] = {
+    "Infrastructure": "existing",
+    "Identity": "external",
+    "JwtIssuer": "https://auth.frontdesk.local/",
+    "SenderEmail": "frontdesk@example.com",
+}
+
+
+def local_parameters(
+    template: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The template's parameters as the local runtime runs it (LOCAL_PARAMETERS, then
+    `overrides`), for the parameters the template declares."""
+    declared = template.get("Parameters") or {}
+    chosen = {k: v for k, v in LOCAL_PARAMETERS.items() if k in declared}
+    return parameter_values(template, {**chosen, **(overrides or {})})
+
+
 # Tags moto keys with, so a second `provision` finds keys that have no alias to look up.
 _KEY_TAG = "frontdesk:stack-resource"
 
@@ -335,14 +356,15 @@ def provision(
     """Create the template's queues, buses, rules, keys, aliases and secrets, idempotently.
 
     Works in-process under moto's `mock_aws` (endpoint_url None) and against a moto
-    server (endpoint_url its URL). Running it twice reuses what exists. Schedule rules
+    server (endpoint_url its URL). Parameters: LOCAL_PARAMETERS, then the overrides.
+    Running it twice reuses what exists. Schedule rules
     are not created (the local runtime fires schedules); functions, APIs, alarms and
     log groups have no local counterpart. The SES identity of the SenderEmail
     parameter, if the template has one, is verified so the worker can send.
     """
     stack = Provisioned(
         template=template,
-        parameters=parameter_values(template, parameter_overrides),
+        parameters=local_parameters(template, parameter_overrides),
         region=session.region_name or DEFAULT_REGION,
         account_id=account_id,
         stack_name=stack_name,

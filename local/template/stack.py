@@ -34,6 +34,7 @@ class FunctionSpec:
     memory: int  # MB
     runtime: str
     layers: tuple[Path, ...]  # ContentUri of this template's layers the function uses
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions, if set
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ class Provisioned:
                     memory=int(self.resolve(properties.get("MemorySize", 128))),
                     runtime=str(self.resolve(properties.get("Runtime"))),
                     layers=layer_dirs,
+                    reserved_concurrency=_optional_int(
+                        self.resolve(properties.get("ReservedConcurrentExecutions"))
+                    ),
                 )
             )
         return specs
@@ -334,6 +338,10 @@ def _is_intrinsic(value: Any) -> bool:
         and len(value) == 1
         and next(iter(value)).startswith(("Fn::", "Ref"))
     )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _truthy(value: Any) -> bool:

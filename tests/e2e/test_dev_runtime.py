@@ -34,11 +34,20 @@ def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float = 20) -
 
 
 class DevProcess:
-    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, state_dir: Path, env: dict[str, str], *options: str) -> None:
         self.state_dir = state_dir
         self.log = (state_dir / "dev.log").open("w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "local.dev", "--api-port", "0", "--state-dir", str(state_dir)],
+            [
+                sys.executable,
+                "-m",
+                "local.dev",
+                "--api-port",
+                "0",
+                "--state-dir",
+                str(state_dir),
+                *options,
+            ],
             cwd=REPO,
             env=env,
             stdout=self.log,

@@ -164,6 +164,9 @@ def stack(shared_stack: SharedStack, monkeypatch: pytest.MonkeyPatch) -> Iterato
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", shared_stack.moto_url)
     monkeypatch.setenv("DATABASE_SECRET_ARN", "")
+    # The local PostgreSQL, not RDS Proxy: no TLS, session timeouts sent at connect.
+    monkeypatch.setenv("DB_SSLMODE", "prefer")
+    monkeypatch.setenv("DB_STARTUP_OPTIONS", "true")
     reset_process_state()
     yield provisioned
     reset_process_state()
@@ -255,6 +258,11 @@ def app(stack: Any, moto_url: str, database_url: str, monkeypatch: pytest.Monkey
 @pytest.fixture
 def api(app: App) -> Any:
     return load_handler("api")
+
+
+@pytest.fixture
+def ops(app: App) -> Any:
+    return load_handler("ops")
 
 
 @pytest.fixture

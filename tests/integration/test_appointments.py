@@ -231,6 +231,9 @@ def test_fifty_concurrent_bookings_of_one_slot_book_it_once(
     assert rows(app, "SELECT count(*) FROM outbox") == [(1,)]
 
 
+ROUNDS = 20
+
+
 def test_a_reschedule_racing_a_booking_for_its_target_slot(
     app: App, call: Call, doctor: str, pooled: None
 ) -> None:
@@ -238,7 +241,7 @@ def test_a_reschedule_racing_a_booking_for_its_target_slot(
     first, second = new_patient(call), new_patient(call)
     _, _, booked = call("POST", "/appointments", booking(doctor, first, at(9)))
     appointment = booked["data"]["id"]
-    for _ in range(5):  # a few rounds, so the race is really run both ways
+    for _ in range(ROUNDS):  # many rounds, so the race is really run both ways
         # When it is moved to 15:00 while the other patient books 15:00
         statuses = race(
             lambda: call("PATCH", f"/appointments/{appointment}", {"startsAt": at(15)}),
@@ -262,6 +265,120 @@ def test_a_reschedule_racing_a_booking_for_its_target_slot(
                 "UPDATE appointments SET starts_at = %s, ends_at = %s WHERE id = %s",
                 (at(9), at(9, 30), appointment),
             )
+
+
+def lock_waits(app: App) -> int:
+    """Backends of the test's database waiting on a lock (a row, a transaction, an
+    advisory lock)."""
+    ((waiting,),) = rows(
+        app,
+        """SELECT count(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock'""",
+    )
+    return int(waiting)
+
+
+def test_a_reschedule_and_a_booking_released_together_do_not_deadlock(
+    app: App, call: Call, doctor: str, pooled: None
+) -> None:
+    # Given an appointment at 09:00, another patient, and a third transaction holding an
+    # uncommitted appointment at 15:00: whatever writes 15:00 waits for it to end
+    first, second = new_patient(call), new_patient(call)
+    _, _, booked = call("POST", "/appointments", booking(doctor, first, at(15, 30)))
+    appointment = booked["data"]["id"]
+    blocker = psycopg.connect(app.database_url)
+    blocker.execute(
+        """INSERT INTO appointments (id, clinic_id, doctor_id, patient_id, starts_at, ends_at,
+                                     source)
+           VALUES (%s, %s, %s, %s, %s, %s, 'test')""",
+        (uuid.uuid4(), app.clinic_id, doctor, second, at(15), at(15, 30)),
+    )
+    # When the appointment is moved to 15:00 and the other patient books 15:00, both held
+    # back by that transaction, which then rolls back and lets both go at once
+    statuses: list[int] = []
+
+    def release() -> None:
+        for _ in range(1000):
+            if lock_waits(app) >= 2:
+                break
+            threading.Event().wait(0.01)
+        blocker.rollback()
+        blocker.close()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    statuses = race(
+        lambda: call("PATCH", f"/appointments/{appointment}", {"startsAt": at(15)}),
+        lambda: call("POST", "/appointments", booking(doctor, second, at(15))),
+    )
+    releaser.join()
+    # Then one wins and the other is a 409: no deadlock, no 503
+    assert sorted(statuses) in ([200, 409], [201, 409]), statuses
+    assert rows(app, "SELECT count(*) FROM appointments WHERE starts_at = %s", at(15)) == [(1,)]
+
+
+def test_concurrent_bookings_of_one_lead_convert_it_once(
+    app: App, call: Call, doctor: str, pooled: None
+) -> None:
+    # Given a lead not yet a patient
+    lead = {"name": "Grace Hopper", "phone": "+1 555 0100 777", "consent": True}
+    _, _, created = call("POST", "/leads", lead)
+    lead_id = created["data"]["id"]
+    # When eight free slots are booked for it at the same moment
+    hours = [9, 10, 11, 12, 13, 14, 15, 16]
+    answers: list[Any] = [None] * len(hours)
+
+    def book(index: int) -> tuple[int, dict[str, str], Any]:
+        body = {"doctorId": doctor, "leadId": lead_id, "startsAt": at(hours[index])}
+        answers[index] = answer = call("POST", "/appointments", body)
+        return answer
+
+    statuses = race(*((lambda i=i: book(i)) for i in range(len(hours))))
+    # Then each slot is booked, all for the one patient made from the lead
+    assert statuses == [201] * len(hours), [a[2] for a in answers]
+    assert {a[2]["data"]["patientId"] for a in answers} == {
+        str(p) for (p,) in rows(app, "SELECT id FROM patients WHERE lead_id = %s", lead_id)
+    }
+    assert rows(app, "SELECT count(*) FROM patients") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=9999-12-31T00:00:00Z",
+        "from=9999-12-31T23:59:59.999999-12:00",
+        "from=9999-12-25T00:00:00Z&to=9999-12-31T23:59:59Z",
+        "from=0001-01-01T00:00:00%2B14:00",
+        "from=0001-01-01T00:00:00%2B14:00&to=0001-01-02T00:00:00Z",
+        "to=0001-01-01T00:00:00Z",
+        "to=9999-12-31T23:59:59-12:00",
+    ],
+)
+def test_any_time_a_client_can_send_is_a_422_or_an_answer(
+    app: App, call: Call, doctor: str, query: str
+) -> None:
+    # When appointments are listed with times at the ends of the calendar
+    status, _, answer = call("GET", "/appointments", query=query)
+    # Then the answer is a list (empty: nothing is booked then) or a 422, never a 5xx
+    assert status in (200, 422), answer
+    if status == 200:
+        assert answer["data"] == []
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "9999-12-31"])
+def test_any_day_a_client_can_send_is_a_422_or_an_answer(
+    app: App, call: Call, doctor: str, day: str
+) -> None:
+    # When a day at either end of the calendar is asked for
+    for path, query in (
+        (f"/doctors/{doctor}/availability", f"date={day}"),
+        ("/metrics/daily", f"from={day}"),
+        ("/metrics/daily", f"to={day}"),
+        ("/metrics/daily", f"from={day}&to={day}"),
+    ):
+        status, _, answer = call("GET", path, query=query)
+        # Then it is an answer or a 422, never a 5xx
+        assert status in (200, 422), (path, query, answer)
 
 
 def test_reschedule_and_cancel(app: App, call: Call, doctor: str, patient: str) -> None:

@@ -127,6 +127,58 @@ def job_message_body(app: App, job_id: str) -> str:
 # ---------------------------------------------------------------- the happy path
 
 
+def test_the_conversation_is_stored_encrypted_and_older_plaintext_still_reads(
+    chat: App, api: Any, worker: Any, llm: FakeLlm
+) -> None:
+    # Given a question (naming a patient) answered by the worker
+    first = ask(api, chat, content="Did ada@example.org confirm?")
+    drain(chat, worker)
+    # Then the question, the reply and the title are ciphertext bound to their rows
+    stored = rows(chat, "SELECT content, content_enc IS NOT NULL, dek IS NOT NULL FROM messages")
+    assert sorted(stored) == [(None, True, True)] * 2
+    assert rows(chat, "SELECT title, title_enc IS NOT NULL FROM conversations") == [(None, True)]
+    # And a question stored in plaintext before encryption (a row written before 0009)
+    execute(
+        chat,
+        """INSERT INTO messages (id, clinic_id, conversation_id, role, content, status,
+                                 created_at, completed_at)
+           VALUES (%s, %s, %s, 'user', 'An older question', 'done', now(), now())""",
+        uuid.uuid4(),
+        chat.clinic_id,
+        first["conversationId"],
+    )
+    # When the conversation goes on
+    status, _, asked = call(
+        api,
+        http_event(
+            "POST",
+            f"/assistant/conversations/{first['conversationId']}/messages",
+            body={"content": "And since?"},
+            clinic_id=chat.clinic_id,
+        ),
+    )
+    assert status == 202, asked
+    drain(chat, worker)
+    # Then the model got the whole history, decrypted, the older plaintext question included
+    sent = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] != "system"]
+    assert sent[0] == "Did ada@example.org confirm?" and sent[-2:] == [
+        "An older question",
+        "And since?",
+    ]
+    # And staff read every message and the title
+    status, _, conversation = call(
+        api,
+        http_event(
+            "GET", f"/assistant/conversations/{first['conversationId']}", clinic_id=chat.clinic_id
+        ),
+    )
+    assert status == 200 and conversation["data"]["title"] == "Leads"
+    contents = [m["content"] for m in conversation["data"]["messages"]]
+    assert contents[0] == "Did ada@example.org confirm?" and "An older question" in contents
+    assert all(contents) and len(contents) == 5
+    assert get_message(api, chat, asked["data"]["id"])["content"].startswith("(fake model)")
+
+
 def test_a_question_is_accepted_at_once_and_answered_by_the_worker(
     chat: App, api: Any, worker: Any, llm: FakeLlm
 ) -> None:
@@ -363,8 +415,9 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
     first, second = ask(api, chat, "one?"), ask(api, chat, "two?")
     assert (poll(chat, worker), poll(chat, worker)) == (1, 1)
     assert rows(chat, "SELECT state, failures FROM circuit_breakers") == [("open", 2)]
-    # When a third question arrives while the circuit is open
+    # When a third question arrives while the circuit is open (asked an hour ago, say)
     third = ask(api, chat, "three?")
+    execute(chat, "UPDATE jobs SET updated_at = now() - interval '1 hour'")
     assert poll(chat, worker) == 1
     # Then the model is not called, no attempt is spent, and the message waits as a delayed
     # copy (the original is deleted, so its receive count is not spent either)
@@ -374,6 +427,12 @@ def test_the_circuit_opens_lets_messages_wait_and_closes_after_the_cool_down(
     ]
     assert get_message(api, chat, third["id"])["status"] == "queued"
     assert queue_counts(chat, "LlmQueue") == {"visible": 0, "hidden": 2, "delayed": 1}
+    # And its job says its message is live, so Housekeeping does not take it for lost
+    assert rows(
+        chat,
+        "SELECT updated_at > now() - interval '1 minute' FROM jobs WHERE id = %s",
+        third["jobId"],
+    ) == [(True,)]
 
     # When the cool-down is over (made so here rather than waited for) and the delayed copy
     # arrives: the half-open probe goes through and succeeds
@@ -425,6 +484,7 @@ def test_duplicate_delivery_produces_one_reply(
     from frontdesk.assistant.llm import OfflineModel
     from frontdesk.platform.db import SingleConnectionDatabase
     from frontdesk.platform.queues import JobMessage
+    from frontdesk.services import get_services
 
     accepted = ask(api, chat)
     body = job_message_body(chat, accepted["jobId"])
@@ -435,6 +495,7 @@ def test_duplicate_delivery_produces_one_reply(
     def duplicate_arrives(_: dict[str, Any]) -> None:
         result = assistant.answer(
             other_container,
+            get_services().cipher,
             OfflineModel(),
             JobMessage.model_validate_json(body),
             assistant.WorkerPolicy(100, 60, 20),

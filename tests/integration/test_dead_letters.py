@@ -33,7 +33,7 @@ class DownMailer:
 
 
 def call(
-    api: Any,
+    handler: Any,
     app: App,
     method: str,
     path: str,
@@ -46,7 +46,7 @@ def call(
     event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = roles
     if query:
         event["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&"))
-    status, _, answer = http_response(api.handler(event, LambdaContext()))
+    status, _, answer = http_response(handler.handler(event, LambdaContext()))
     return status, answer
 
 
@@ -87,12 +87,12 @@ def dead(app: App, api: Any, notify: Any, monkeypatch: pytest.MonkeyPatch) -> di
 
 
 def test_dead_letters_are_listed_with_their_reason_without_being_consumed(
-    app: App, api: Any, dead: dict[str, Any]
+    app: App, ops: Any, dead: dict[str, Any]
 ) -> None:
     # Given a dead job's message and a poison message on the DLQ
     # When an admin lists the notifications DLQ twice
-    status, first = call(api, app, "GET", "/ops/dead-letters", query="queue=notifications")
-    _, second = call(api, app, "GET", "/ops/dead-letters", query="queue=notifications")
+    status, first = call(ops, app, "GET", "/ops/dead-letters", query="queue=notifications")
+    _, second = call(ops, app, "GET", "/ops/dead-letters", query="queue=notifications")
     # Then both are listed, with the reason and the receive count, and nothing was consumed
     assert status == 200
     letters = {letter["jobId"] or "poison": letter for letter in first["data"]}
@@ -109,21 +109,21 @@ def test_dead_letters_are_listed_with_their_reason_without_being_consumed(
 
 @pytest.mark.slow
 def test_replay_moves_chosen_messages_back_and_they_are_processed_once(
-    app: App, api: Any, notify: Any, dead: dict[str, Any]
+    app: App, ops: Any, notify: Any, dead: dict[str, Any]
 ) -> None:
     # Given SES works again and the dead job's message is chosen by its id
-    _, listed = call(api, app, "GET", "/ops/dead-letters")
+    _, listed = call(ops, app, "GET", "/ops/dead-letters")
     chosen = next(m["messageId"] for m in listed["data"] if m["jobId"] == dead["jobId"])
     # When an admin replays it, and then the same request again
     status, replayed = call(
-        api,
+        ops,
         app,
         "POST",
         "/ops/dead-letters/replay",
         body={"queue": "notifications", "messageIds": [chosen]},
     )
     _, again = call(
-        api,
+        ops,
         app,
         "POST",
         "/ops/dead-letters/replay",
@@ -142,12 +142,12 @@ def test_replay_moves_chosen_messages_back_and_they_are_processed_once(
 
 
 def test_replaying_everything_twice_sends_each_email_once(
-    app: App, api: Any, notify: Any, dead: dict[str, Any]
+    app: App, ops: Any, notify: Any, dead: dict[str, Any]
 ) -> None:
     # Given the dead job's message is replayed with everything else, and the copy delivered
     # once more by a replay racing the first (the consumer is idempotent)
     _, first = call(
-        api, app, "POST", "/ops/dead-letters/replay", body={"queue": "notifications", "all": True}
+        ops, app, "POST", "/ops/dead-letters/replay", body={"queue": "notifications", "all": True}
     )
     body = json.dumps(
         {"jobId": dead["jobId"], "kind": "notify.lead_created", "clinicId": str(app.clinic_id)}
@@ -155,7 +155,7 @@ def test_replaying_everything_twice_sends_each_email_once(
     app.sqs().send_message(QueueUrl=app.queue_url("NotificationsQueue"), MessageBody=body)
     drain(app, notify)
     _, second = call(
-        api, app, "POST", "/ops/dead-letters/replay", body={"queue": "notifications", "all": True}
+        ops, app, "POST", "/ops/dead-letters/replay", body={"queue": "notifications", "all": True}
     )
     drain(app, notify)
     # Then both messages were replayed the first time, the poison one dead-lettered again
@@ -166,36 +166,36 @@ def test_replaying_everything_twice_sends_each_email_once(
     assert job_status(app, dead["jobId"]) == "succeeded"
 
 
-def test_dead_letter_routes_need_the_operator_role(app: App, api: Any) -> None:
+def test_dead_letter_routes_need_the_operator_role(app: App, ops: Any) -> None:
     # Given a clinic admin's token: dead letters belong to every clinic, so not enough
     # When it lists or replays dead letters
-    listed, problem = call(api, app, "GET", "/ops/dead-letters", roles="[staff admin]")
+    listed, problem = call(ops, app, "GET", "/ops/dead-letters", roles="[staff admin]")
     replayed, _ = call(
-        api, app, "POST", "/ops/dead-letters/replay", body={"all": True}, roles="[staff admin]"
+        ops, app, "POST", "/ops/dead-letters/replay", body={"all": True}, roles="[staff admin]"
     )
     # Then both are refused
     assert (listed, replayed) == (403, 403)
     assert "operator role" in problem["detail"]
 
 
-def test_unknown_queue_is_404_and_an_empty_choice_is_422(app: App, api: Any) -> None:
-    status, problem = call(api, app, "GET", "/ops/dead-letters", query="queue=nope")
+def test_unknown_queue_is_404_and_an_empty_choice_is_422(app: App, ops: Any) -> None:
+    status, problem = call(ops, app, "GET", "/ops/dead-letters", query="queue=nope")
     assert status == 404 and "nope" in problem["detail"]
-    status, _ = call(api, app, "POST", "/ops/dead-letters/replay", body={"queue": "llm"})
+    status, _ = call(ops, app, "POST", "/ops/dead-letters/replay", body={"queue": "llm"})
     assert status == 422
-    status, _ = call(api, app, "POST", "/ops/dead-letters/replay", body={"all": True, "extra": 1})
+    status, _ = call(ops, app, "POST", "/ops/dead-letters/replay", body={"all": True, "extra": 1})
     assert status == 422
 
 
 @pytest.mark.slow
 def test_the_cli_lists_and_replays_through_the_api(
-    app: App, api: Any, dead: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    app: App, ops: Any, dead: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from local.dead_letters import run
 
     def through_api(method: str, path: str, body: Any) -> tuple[int, Any]:
         path, _, query = path.partition("?")
-        return call(api, app, method, path, body=body, query=query)
+        return call(ops, app, method, path, body=body, query=query)
 
     # Given the dead letters of the fixture
     # When the CLI lists them, replays everything, and replays again

@@ -271,20 +271,3 @@ def test_logs_carry_the_request_id_and_no_pii(
     assert body["meta"]["requestId"] in worker_lines[0]
     for value in ("Grace", "grace.hopper", "0100 777", "mornings", '"bad"'):
         assert value not in text
-
-
-def test_sweeper_forgets_old_sent_rows_and_expired_idempotency_keys(app: App, api: Any) -> None:
-    # Given a request with an Idempotency-Key, its outbox sent, both made to look old
-    post_lead(api, **{"idempotency-key": "old-key"})
-    post_lead(api, **{"idempotency-key": "new-key"})
-    with psycopg.connect(app.database_url) as conn:
-        conn.execute(
-            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
-            "WHERE key = 'old-key'"
-        )
-        conn.execute("UPDATE outbox SET sent_at = now() - interval '8 days' WHERE id <= 2")
-    # When the sweeper runs
-    assert load_handler("outbox_sweeper").handler({}, LambdaContext())["purged"] == 3
-    # Then only the fresh key and the recent rows remain
-    assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
-    assert rows(app, "SELECT count(*) FROM outbox") == [(2,)]

@@ -474,7 +474,7 @@ def test_metrics_function_runs_the_mode_of_its_schedule_and_emits_the_lag(
     assert 0 <= lags[0]["DashboardLagSeconds"][0] < 60
 
 
-def test_queue_health_for_operators_only(app: App, api: Any) -> None:
+def test_queue_health_for_operators_only(app: App, ops: Any) -> None:
     # Given two messages on the notifications queue, one of them received (in flight), and
     # one message on its DLQ
     sqs = app.sqs()
@@ -485,10 +485,10 @@ def test_queue_health_for_operators_only(app: App, api: Any) -> None:
     sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=1, VisibilityTimeout=300)
     # When staff, or a clinic's admin, ask / Then 403: queues are every clinic's
     for roles in ("[staff]", "[staff admin]"):
-        status, _, body = get(api, "/ops/queues", app.clinic_id, roles=roles)
+        status, _, body = get(ops, "/ops/queues", app.clinic_id, roles=roles)
         assert status == 403, body
     # When an operator asks
-    status, headers, body = get(api, "/ops/queues", app.clinic_id, roles="[staff operator]")
+    status, headers, body = get(ops, "/ops/queues", app.clinic_id, roles="[staff operator]")
     # Then every configured queue is listed with its depth, in-flight count and DLQ depth
     assert status == 200, body
     queues = {q["name"]: q for q in body["data"]["queues"]}

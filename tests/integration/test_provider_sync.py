@@ -3,7 +3,9 @@ provider on loopback: accounts, signed webhooks, SyncWorker, the poller."""
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,8 +47,10 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def sync_app(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
-    # The fake provider speaks plain HTTP on loopback; retries should not sleep for long.
+    # The fake provider speaks plain HTTP on loopback (allowed here as make dev allows it);
+    # retries should not sleep for long.
     monkeypatch.setenv("PROVIDER_ALLOW_HTTP", "true")
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "127.0.0.1")
     monkeypatch.setenv("PROVIDER_BACKOFF_BASE_SECONDS", "0.01")
     monkeypatch.setenv("PROVIDER_BACKOFF_MAX_SECONDS", "0.05")
     reset_process_state()
@@ -138,6 +142,123 @@ def test_saving_credentials_answers_at_once_and_validation_shows_in_the_status(
         api, admin_event("GET", f"/provider-accounts/{good}", sync_app.other_clinic_id)
     )
     assert status == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:169.254.169.254]/",
+        "https://[fd00:ec2::254]/",
+        "https://10.0.0.5/",
+        "https://2130706433/",
+        "https://localhost:8443/",
+        "https://metadata.google.internal/",
+    ],
+)
+def test_an_account_pointing_inside_is_refused_when_saved(
+    sync_app: App, api: Any, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment that allows no address but public ones, and a base URL naming the
+    # metadata service, a private or loopback address
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "")
+    reset_process_state()
+    body = {"provider": "generic", "apiBaseUrl": url, "credentials": {"apiKey": "k"}}
+    # When an admin saves it / Then it is a 422 and nothing is stored or enqueued
+    status, _, problem = call(
+        api, admin_event("POST", "/provider-accounts", sync_app.clinic_id, body)
+    )
+    assert status == 422 and "public" in problem["detail"], problem
+    assert rows(sync_app, "SELECT count(*) FROM provider_accounts") == [(0,)]
+    assert rows(sync_app, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def resolve_to_loopback(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """DNS as an attacker controlling `name` answers once the URL was saved: loopback."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_provider_host_that_resolves_inside_is_never_called(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a host name that passes the check when saved, then resolves to loopback (DNS
+    # rebinding) where a server listens; loopback is not allowed in this deployment
+    monkeypatch.setenv("PROVIDER_ALLOWED_HOSTS", "")
+    reset_process_state()
+    resolve_to_loopback(monkeypatch, "provider.rebind.example")
+    port = fake.url.rsplit(":", 1)[1]
+    body = {
+        "provider": "generic",
+        "apiBaseUrl": f"http://provider.rebind.example:{port}",
+        "credentials": {"apiKey": DEFAULT_API_KEY},
+    }
+    status, _, saved = call(
+        api, admin_event("POST", "/provider-accounts", sync_app.clinic_id, body)
+    )
+    assert status == 202, saved
+    # And an account saved before the rule, pointing at loopback itself
+    status, _, legacy = call(
+        api,
+        admin_event(
+            "POST",
+            "/provider-accounts",
+            sync_app.clinic_id,
+            {**body, "apiBaseUrl": "https://provider.example"},
+        ),
+    )
+    assert status == 202, legacy
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute(
+            "UPDATE provider_accounts SET api_base_url = %s WHERE id = %s",
+            (fake.url, legacy["data"]["id"]),
+        )
+    # When SyncWorker validates both
+    drain(sync_app, worker)
+    # Then neither was called: both are invalid, saying why, and the server saw nothing
+    for account in (saved, legacy):
+        _, _, found = call(
+            api,
+            admin_event("GET", f"/provider-accounts/{account['data']['id']}", sync_app.clinic_id),
+        )
+        assert found["data"]["status"] == "invalid", found
+        assert "public" in found["data"]["lastError"], found
+    assert fake.requests == []
+
+
+def test_a_provider_redirect_is_not_followed() -> None:
+    # Given a provider (allowed, on loopback) that redirects to the metadata service
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from frontdesk.sync.egress import Egress
+    from frontdesk.sync.providers import GenericJsonAdapter, ProviderRejected
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        adapter = GenericJsonAdapter(url, {"apiKey": "k"}, 2.0, Egress.of(True, ["127.0.0.1"]))
+        # When the worker calls it / Then the redirect is the provider's answer, not followed
+        with pytest.raises(ProviderRejected, match="302"):
+            adapter.validate()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_bad_webhooks_are_refused_and_enqueue_nothing(
@@ -402,6 +523,49 @@ def test_import_of_a_file_with_bad_rows_reports_them_and_imports_the_rest(
     assert "person0@example.org" not in stored and "Person" not in stored
 
 
+def test_rows_not_utf8_or_holding_control_characters_are_row_errors(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given a UTF-8 header, good rows, a row in Latin-1, a row whose quoted notes span a line
+    # that is not UTF-8, and rows with a control character in a name or an address
+    data = (
+        "name,email,phone,notes,consent\nZoë Good,zoe@example.org,,,yes\n".encode()
+        + "Renée Latin,renee@example.org,,,yes\n".encode("latin-1")
+        + b'Long Notes,long@example.org,,"first line\nsecond \xff line",yes\n'
+        + b"Bell\x07Name,bell@example.org,,,yes\n"
+        + b"Esc Name,esc\x1b@example.org,,,yes\n"
+        + "José Fine,jose@example.org,,multi\tline ok,no\n".encode()
+    )
+    event = http_event(
+        "POST",
+        "/leads/imports",
+        body=base64.b64encode(data).decode(),
+        clinic_id=sync_app.clinic_id,
+        headers={"content-type": "text/csv"},
+    )
+    event["isBase64Encoded"] = True
+    # When it is uploaded and SyncWorker imports it
+    status, _, accepted = call(api, event)
+    assert status == 202, accepted
+    assert drain(sync_app, worker) == 1
+    # Then each such row is an error with its line number, and the good rows are imported
+    _, _, job = call(
+        api,
+        http_event("GET", f"/jobs/{accepted['data']['jobId']}", clinic_id=sync_app.clinic_id),
+    )
+    result = job["data"]["result"]
+    assert job["data"]["status"] == "succeeded"
+    assert {e["line"]: e["reason"] for e in result["errors"]} == {
+        3: "the row is not UTF-8",
+        4: "the row is not UTF-8",
+        6: "name: no control characters (a NUL, a line break, a tab) are allowed",
+        7: "email: no control characters (a NUL, a line break, a tab) are allowed",
+    }
+    assert (result["rowsDone"], result["rowsImported"]) == (6, 2)
+    (count,) = rows(sync_app, "SELECT count(*) FROM leads")[0]
+    assert count == 2
+
+
 def test_bad_uploads_are_refused(sync_app: App, api: Any) -> None:
     # Given uploads with unknown columns, no contact column, JSON instead of CSV, or too big
     refused = [
@@ -486,11 +650,10 @@ def test_an_import_is_cancelled_between_chunks(
     from frontdesk.platform import jobs
     from frontdesk.services import get_services
 
-    db = get_services().database
-
     def cancel_after_second_chunk(chunks_done: int) -> None:
         if chunks_done == 2:
-            jobs.cancel_job(db, clinic_id=sync_app.clinic_id, job_id=job_id)
+            with get_services().unit_of_work() as uow:
+                jobs.cancel_job(uow.cur, clinic_id=sync_app.clinic_id, job_id=job_id)
 
     # When staff cancel it while the worker runs
     outcome = imports.run(
@@ -507,6 +670,49 @@ def test_an_import_is_cancelled_between_chunks(
     assert 0 < done < 100
     assert rows(sync_app, "SELECT count(*) FROM leads") == [(done,)]
     assert rows(sync_app, "SELECT status FROM jobs WHERE id = %s", job_id) == [("cancelled",)]
+    # And the uploaded file is forgotten
+    assert rows(sync_app, "SELECT count(*) FROM lead_import_parts") == [(0,)]
+
+
+def test_an_uploaded_file_is_encrypted_at_rest_and_forgotten_when_imported(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given an upload of 2,000 rows (one part)
+    text, _ = people_csv(2000)
+    status, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    assert status == 202, accepted
+    # Then what is stored of it is ciphertext under the import's data key
+    ((dek, parts, stored),) = rows(
+        sync_app,
+        """SELECT i.dek IS NOT NULL, count(p.part), sum(length(p.data))
+           FROM lead_imports i JOIN lead_import_parts p ON p.import_id = i.id GROUP BY i.dek""",
+    )
+    assert dek and parts == 1 and stored == len(text) + 28  # nonce and tag
+    ((data,),) = rows(sync_app, "SELECT data FROM lead_import_parts")
+    assert b"person1@example.org" not in bytes(data) and b"Person" not in bytes(data)
+    # When SyncWorker imports it
+    assert drain(sync_app, worker) == 1
+    # Then every row is imported and the file is gone
+    assert rows(sync_app, "SELECT count(*) FROM leads") == [(2000,)]
+    assert rows(sync_app, "SELECT count(*) FROM lead_import_parts") == [(0,)]
+
+
+def test_an_import_stored_before_files_were_encrypted_still_imports(
+    sync_app: App, api: Any, worker: Any
+) -> None:
+    # Given an upload stored as plaintext parts without a data key (before migration 0009)
+    text, _ = people_csv(30)
+    _, _, accepted = csv_upload(api, sync_app.clinic_id, text)
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute("UPDATE lead_imports SET dek = NULL, kms_key_id = NULL")
+        conn.execute("UPDATE lead_import_parts SET data = %s", (text.encode(),))
+    # When SyncWorker imports it / Then it reads the plaintext as before
+    assert drain(sync_app, worker) == 1
+    _, _, job = call(
+        api, http_event("GET", f"/jobs/{accepted['data']['jobId']}", clinic_id=sync_app.clinic_id)
+    )
+    assert job["data"]["status"] == "succeeded", job
+    assert job["data"]["result"]["rowsImported"] == 30
 
 
 # ---------------------------------------------------------------- provider bookings
@@ -754,3 +960,63 @@ def test_provider_bookings_for_unknown_doctors_or_taken_slots_are_skipped_with_a
         (f"{MONDAY} 09:00:00+00",)
     ]
     assert len(booking_events(sync_app)) == 2
+
+
+def test_two_workers_booking_one_new_person_create_one_patient(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given two bookings of one new person with two doctors, each delivered by its webhook
+    account = connect(sync_app, api, worker, fake)
+    doctors = [mapped_doctor(sync_app, api, f"D-{n}", name=f"Dr. {n}") for n in (1, 2)]
+    jobs = []
+    for n in (1, 2):
+        change = fake.add_booking(
+            f"D-{n}",
+            f"{MONDAY}T09:00:00+00:00",
+            f"{MONDAY}T09:30:00+00:00",
+            "Grace Hopper",
+            "grace@example.org",
+            booking_id=f"B-{n}",
+        )
+        status, _, accepted = webhook(api, account, *FakeProvider.webhook(change, SECRET))
+        assert status == 202, accepted
+        jobs.append(accepted["data"]["jobId"])
+    # And SyncWorker running twice at once (two containers: a pool of connections)
+    from frontdesk.platform.db import PooledDatabase
+    from frontdesk.workers.sync import worker as sync_worker
+    from tests.support import use_test_services
+
+    use_test_services(database=PooledDatabase(sync_app.database_url, max_size=4))
+    # And the doctors held, so both workers stop after making the patient, before booking
+    holder = psycopg.connect(sync_app.database_url)
+    holder.execute("SELECT 1 FROM doctors WHERE id = ANY(%s) FOR UPDATE", (doctors,))
+    answers: list[Any] = []
+
+    def run(job_id: str) -> None:
+        body = json.dumps(
+            {"jobId": job_id, "kind": "sync.fetch", "clinicId": str(sync_app.clinic_id)}
+        )
+        answers.append(sync_worker(sqs_event([body]), LambdaContext()))
+
+    threads = [threading.Thread(target=run, args=(job_id,)) for job_id in jobs]
+    for thread in threads:
+        thread.start()
+    # When both have got as far as they can and the doctors are let go
+    for _ in range(1000):
+        ((waiting,),) = rows(
+            sync_app,
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'""",
+        )
+        if waiting >= 2:
+            break
+        time.sleep(0.01)
+    holder.rollback()
+    holder.close()
+    for thread in threads:
+        thread.join()
+    reset_process_state()
+    # Then both bookings are stored, for one and the same new patient
+    assert answers == [{"batchItemFailures": []}] * 2
+    booked = rows(sync_app, "SELECT DISTINCT patient_id FROM appointments")
+    assert len(booked) == 1 and rows(sync_app, "SELECT count(*) FROM patients") == [(1,)]

@@ -5,6 +5,7 @@ of B's. A route added without a case here fails `test_every_route_has_a_case`.""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ OPERATOR_ONLY = {
     ("GET", "/ops/dead-letters"),
     ("POST", "/ops/dead-letters/replay"),
     ("GET", "/ops/queues"),
+    ("GET", "/ops/jobs/stuck"),
 }
 
 
@@ -154,7 +156,11 @@ Caller = Callable[..., tuple[int, Any]]
 
 
 @pytest.fixture
-def call(api: Any, app: App) -> Caller:
+def call(api: Any, ops: Any, app: App) -> Caller:
+    """Calls a route through the function template.yaml routes it to (ApiFunction, or
+    OpsFunction for the operators' routes), as API Gateway would."""
+    routes = {(r.method, r.path) for r in app.stack.http_routes("OpsFunction")}
+
     def call(
         method: str,
         path: str,
@@ -170,7 +176,9 @@ def call(api: Any, app: App) -> Caller:
         event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = roles
         if query:
             event["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&"))
-        status, _, answer = http_response(api.handler(event, LambdaContext()))
+        template_path = re.sub(r"[0-9a-f-]{36}", "{id}", path)
+        function = ops if (method, template_path) in routes else api
+        status, _, answer = http_response(function.handler(event, LambdaContext()))
         return status, answer
 
     return call
@@ -293,3 +301,69 @@ def test_role_guarded_routes_refuse_a_token_without_the_role(
     # Then it is refused for its role, before anything else is looked at
     assert status == 403, (route, answer)
     assert needed in answer["detail"]
+
+
+# Bodies a caller without the route's role must not learn anything from: malformed JSON,
+# JSON off the schema, and a body of the wrong media type.
+BAD_BODIES = [
+    ("{not json", "application/json"),
+    ('{"unexpected": [1, 2, 3]}', "application/json"),
+    ("provider=generic", "application/x-www-form-urlencoded"),
+]
+
+
+@pytest.mark.parametrize(
+    "route",
+    sorted(r for r in ROLE_GUARDED if r[0] != "GET"),
+    ids=lambda r: f"{r[0]} {r[1]}",
+)
+@pytest.mark.parametrize(("body", "content_type"), BAD_BODIES, ids=["malformed", "off", "form"])
+def test_role_guarded_routes_refuse_before_looking_at_the_body(
+    app: App, call: Caller, route: tuple[str, str], body: str, content_type: str
+) -> None:
+    # Given a token of the clinic that lacks the route's role, and a bad body
+    roles, needed = ROLE_GUARDED[route]
+    case = CASES.get(route)
+    path = case.path({"account": str(uuid.uuid4())}) if case else route[1]
+    # When it calls the route with that body
+    status, answer = call(
+        route[0], path, body, clinic=app.clinic_id, roles=roles, content_type=content_type
+    )
+    # Then it is a 403 for its role: the body's schema (422) and media type (415) are not
+    # the business of a caller who may not use the route
+    assert status == 403, (route, answer)
+    assert needed in answer["detail"]
+
+
+def test_a_token_naming_no_clinic_is_refused_on_every_route(
+    app: App, call: Caller, objects_of_b: dict[str, str], subtests: pytest.Subtests
+) -> None:
+    # Given a correctly signed token whose clinic does not exist, with every role
+    nowhere = uuid.uuid4()
+    before = clinic_dump(app.database_url, app.other_clinic_id)
+    for route in sorted(set(CASES) | OPERATOR_ONLY):
+        with subtests.test(route=f"{route[0]} {route[1]}"):
+            case = CASES.get(route)
+            body = (
+                case.body(objects_of_b)
+                if case and case.body
+                else ({"all": True} if route[0] == "POST" else None)
+            )
+            # When it calls the route with a valid request
+            status, answer = call(
+                route[0],
+                case.path(objects_of_b) if case else route[1],
+                body,
+                clinic=nowhere,
+                query=case.query(objects_of_b) if case and case.query else "",
+                content_type=case.content_type if case else None,
+            )
+            # Then it is refused as naming no clinic (not a 500, not someone's data)
+            assert status == 403, (route, status, answer)
+            assert "names no clinic" in answer["detail"]
+    # And nothing was written anywhere
+    assert clinic_dump(app.database_url, app.other_clinic_id) == before
+    with psycopg.connect(app.database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM clinics WHERE id = %s", (nowhere,)
+        ).fetchone() == (0,)

@@ -8,19 +8,8 @@ import copy
 import json
 from typing import Any
 
-import pytest
-
 from local.template import load_template, references
-
-# Managed policies SAM attaches by itself, each for a reason (name -> why).
-MANAGED = {
-    "AWSLambdaBasicExecutionRole": "CloudWatch Logs for the function's own log group",
-    "AWSXrayWriteOnlyAccess": "Tracing: Active; X-Ray's PutTraceSegments has no resource ARNs",
-    # The event source mapping polls with the function's role; SAM attaches this AWS-managed
-    # policy (sqs:ReceiveMessage/DeleteMessage/GetQueueAttributes on "*") for SQS events and
-    # the template cannot narrow it without giving up SAM's SQS event type.
-    "AWSLambdaSQSQueueExecutionRole": "SQS event sources (the Lambda poller)",
-}
+from tests.unit.conftest import MANAGED
 
 # Inline statements that need "*", each with why (checked by Sid).
 WILDCARD_RESOURCE_SIDS = {
@@ -34,34 +23,6 @@ NAMED_ELSEWHERE = {
     # LLM_MODEL carries the model id the code sends; the ARN only scopes the permission.
     ("LlmWorker", "BedrockModelArn"): "the Bedrock model LLM_MODEL names",
 }
-
-
-class _PolicyLoader:
-    """samtranslator asks IAM for managed policy ARNs; offline, it gets the ones above."""
-
-    def load(self) -> dict[str, str]:
-        return {name: f"arn:aws:iam::aws:policy/{name}" for name in MANAGED}
-
-
-@pytest.fixture(scope="module")
-def transformed(monkeypatch_module: pytest.MonkeyPatch) -> dict[str, Any]:
-    from samtranslator.translator.transform import transform
-
-    template = copy.deepcopy(load_template())
-    for resource in template["Resources"].values():
-        properties = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in properties:  # what `sam package` does: code in S3
-                properties[key] = "s3://frontdesk-artifacts/code.zip"
-    monkeypatch_module.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    result: dict[str, Any] = transform(template, {}, _PolicyLoader())
-    return result
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Any:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 def _roles(transformed: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -179,6 +140,57 @@ def test_the_checks_catch_a_wildcard_and_a_foreign_queue(transformed: dict[str, 
     assert "NotifyWorker: wildcard action in Oops" in problems
     assert "NotifyWorker: '*' resource in Oops" in problems
     assert any(p.startswith("NotifyWorker: Foreign names ['LlmQueue']") for p in problems)
+
+
+def dead_letter_queues(template: dict[str, Any]) -> set[str]:
+    """Logical ids of the queues some RedrivePolicy names as its dead-letter queue."""
+    return {
+        resource["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::SQS::Queue" and "RedrivePolicy" in resource["Properties"]
+    }
+
+
+def dead_letter_rights(
+    transformed: dict[str, Any], template: dict[str, Any]
+) -> dict[str, set[str]]:
+    """Function -> the dead-letter queues its role's statements name."""
+    dlqs = dead_letter_queues(template)
+    return {
+        function: {
+            name
+            for statement in _statements(role)
+            if statement["Effect"] == "Allow"
+            for name in references(statement.get("Resource", [])) & dlqs
+        }
+        for function, role in _roles(transformed).items()
+    }
+
+
+def test_only_the_operators_function_may_touch_a_dead_letter_queue(
+    transformed: dict[str, Any],
+) -> None:
+    # Given each role and the template's dead-letter queues
+    rights = dead_letter_rights(transformed, load_template())
+    # Then the public-facing API names none; OpsFunction, behind the operator role, all
+    assert rights["ApiFunction"] == set()
+    assert rights["OpsFunction"] == dead_letter_queues(load_template())
+    assert {f for f, queues in rights.items() if queues} == {"OpsFunction"}
+
+
+def test_the_dead_letter_check_sees_a_grant(transformed: dict[str, Any]) -> None:
+    # Given a copy where the API may receive from the notifications DLQ
+    broken = copy.deepcopy(transformed)
+    _roles(broken)["ApiFunction"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+        {
+            "Sid": "Oops",
+            "Effect": "Allow",
+            "Action": "sqs:ReceiveMessage",
+            "Resource": {"Fn::GetAtt": ["NotificationsDLQ", "Arn"]},
+        }
+    )
+    # Then the check names it
+    assert dead_letter_rights(broken, load_template())["ApiFunction"] == {"NotificationsDLQ"}
 
 
 def test_the_transformed_template_is_json(transformed: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from local.template import (
     cron_next,
     generate_secret_string,
     load_template,
+    local_parameters,
     next_fire_interval,
     next_fire_time,
     parameter_values,
@@ -91,6 +92,22 @@ def test_a_file_without_resources_is_refused(tmp_path: Path) -> None:
     # Given YAML that is not a template / When loaded / Then it is refused
     with pytest.raises(TemplateError):
         load_template(write_template(tmp_path, "just: text\n"))
+
+
+def test_a_resource_given_twice_is_refused(tmp_path: Path) -> None:
+    # Given a template naming one resource twice (YAML alone would keep the last)
+    text = """
+        Resources:
+          Topic:
+            Type: AWS::SNS::Topic
+          Queue:
+            Type: AWS::SQS::Queue
+          Topic:
+            Type: AWS::SNS::Topic
+    """
+    # When loaded / Then it is refused, naming the key and both lines
+    with pytest.raises(TemplateError, match=r"'Topic' is given twice \(lines 3 and 7\)"):
+        load_template(write_template(tmp_path, textwrap.dedent(text)))
 
 
 # ---------------------------------------------------------------- resolving
@@ -362,6 +379,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-NotificationsQueue",
             "QueueName": "frontdesk-local-NotificationsQueue",
         },
+        "PushQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-PushQueue",
+            "QueueName": "frontdesk-local-PushQueue",
+        },
         "LlmQueue": {
             "Ref": "http://localhost/123456789012/frontdesk-local-LlmQueue",
             "QueueUrl": "http://localhost/123456789012/frontdesk-local-LlmQueue",
@@ -382,7 +405,7 @@ def stack() -> Provisioned:
         "PiiKey": {"Ref": "key-1", "KeyId": "key-1", "Arn": "arn:aws:kms:us-east-1:1:key/key-1"},
         "BlindIndexSecret": {"Ref": "arn:aws:secretsmanager:x:1:secret:b"},
     }
-    return Provisioned(template=template, parameters=parameter_values(template), physical=physical)
+    return Provisioned(template=template, parameters=local_parameters(template), physical=physical)
 
 
 def test_function_environment_merges_globals_and_resolves(stack: Provisioned) -> None:
@@ -414,7 +437,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
-    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker"}
+    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker", "PushWorker"}
     assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
     assert sources["SyncWorker"].visibility_timeout == 720
     source = sources["NotifyWorker"]

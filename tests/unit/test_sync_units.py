@@ -7,7 +7,7 @@ import pytest
 from frontdesk.errors import InvalidInput, Unauthorized
 from frontdesk.leads.external import check_external
 from frontdesk.leads.imports import check_header, parse_window
-from frontdesk.sync.accounts import check_base_url
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
 
 SECRET = b"whsec_unit_test_secret"
@@ -91,16 +91,20 @@ def test_csv_header_names_known_columns_and_a_way_to_reach_the_person() -> None:
 
 def test_a_window_stops_before_a_record_cut_off_by_its_end() -> None:
     # Given a window that ends inside a quoted field spanning two lines
-    data = b'Ada,ada@example.org\n"Grace\nHopper",grace@example.org\n'
-    window = data[: data.index(b"Hopper")]
+    data = b'Ada,ada@example.org,\nGrace,grace@example.org,"called\ntwice"\n'
+    window = data[: data.index(b"twice")]
+    columns = ["name", "email", "notes"]
     # When it is parsed as a window in the middle of the file
-    parsed = parse_window(window, at_eof=False, columns=["name", "email"], first_line=2)
+    parsed = parse_window(window, at_eof=False, columns=columns, first_line=2)
     # Then only the first record is taken, and the next window starts at the second
     assert [row[:3] for row in parsed.rows] == [(2, "Ada", "ada@example.org")]
-    assert parsed.consumed == len(b"Ada,ada@example.org\n") and parsed.lines == 1
+    assert parsed.consumed == len(b"Ada,ada@example.org,\n") and parsed.lines == 1
     # When the whole file is parsed / Then the multi-line record is one row, at its first line
-    whole = parse_window(data, at_eof=True, columns=["name", "email"], first_line=2)
-    assert [row[:2] for row in whole.rows] == [(2, "Ada"), (3, "Grace\nHopper")]
+    whole = parse_window(data, at_eof=True, columns=columns, first_line=2)
+    assert [(row[0], row[1], row[4]) for row in whole.rows] == [
+        (2, "Ada", None),
+        (3, "Grace", "called\ntwice"),
+    ]
     assert whole.consumed == len(data) and whole.lines == 3
 
 
@@ -129,26 +133,81 @@ def test_external_leads_follow_the_web_form_rules() -> None:
     assert check_external("Ada", "a@b.co", None, None, "perhaps").startswith("consent")
 
 
+LOCAL = Egress.of(True, ["127.0.0.1"])  # make dev: the fake provider on loopback, over http
+
+
 @pytest.mark.parametrize(
-    ("url", "allow_http", "ok"),
+    ("url", "egress", "ok"),
     [
-        ("https://api.provider.example/", False, True),
-        ("http://127.0.0.1:8090", True, True),
-        ("http://127.0.0.1:8090", False, False),
-        ("https://user:pw@api.provider.example/", False, False),
-        ("ftp://api.provider.example/", True, False),
-        ("https://[::1", False, False),
-        ("https://api.provider.example:99999/", False, False),
-        ("https://api.provider.example:port/", False, False),
-        ("https://äpi.example/", False, False),
+        ("https://api.provider.example/", Egress(), True),
+        ("https://93.184.215.14/v1", Egress(), True),
+        ("http://127.0.0.1:8090", LOCAL, True),
+        ("http://127.0.0.1:8090", Egress(allow_http=True), False),
+        ("http://api.provider.example/", Egress(), False),
+        ("https://user:pw@api.provider.example/", Egress(), False),
+        ("ftp://api.provider.example/", LOCAL, False),
+        ("https://[::1", Egress(), False),
+        ("https://api.provider.example:99999/", Egress(), False),
+        ("https://api.provider.example:port/", Egress(), False),
+        ("https://äpi.example/", Egress(), False),
+        # The SSRF guard: no address that is not public, however it is spelt
+        ("https://169.254.169.254/latest/meta-data/", Egress(), False),
+        ("https://127.0.0.1/", Egress(), False),
+        ("https://10.0.0.5/", Egress(), False),
+        ("https://172.16.3.4/", Egress(), False),
+        ("https://192.168.1.1/", Egress(), False),
+        ("https://100.64.0.1/", Egress(), False),
+        ("https://0.0.0.0/", Egress(), False),
+        ("https://[::1]/", Egress(), False),
+        ("https://[fd00:ec2::254]/", Egress(), False),
+        ("https://[fe80::1]/", Egress(), False),
+        ("https://[::ffff:169.254.169.254]/", Egress(), False),
+        ("https://[64:ff9b::a9fe:a9fe]/", Egress(), False),
+        ("https://2130706433/", Egress(), False),
+        ("https://0x7f.1/", Egress(), False),
+        ("https://127.1/", Egress(), False),
+        ("https://localhost/", Egress(), False),
+        ("https://metadata.google.internal/", Egress(), False),
+        ("https://printer.local/", Egress(), False),
+        ("https://db/", Egress(), False),
+        ("https://127.0.0.1./", Egress(), False),
     ],
 )
-def test_provider_base_urls_are_https_without_credentials(
-    url: str, allow_http: bool, ok: bool
+def test_provider_base_urls_are_https_to_public_hosts_without_credentials(
+    url: str, egress: Egress, ok: bool
 ) -> None:
     # Given a base URL an admin typed / When it is checked / Then only sane ones pass
     if ok:
-        check_base_url(url, allow_http=allow_http)
+        egress.check_url(url)
     else:
         with pytest.raises(InvalidInput):
-            check_base_url(url, allow_http=allow_http)
+            egress.check_url(url)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_call_to_a_host_resolving_inside_is_refused_before_connecting(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a provider host that resolves to the metadata service (or to several inside
+    # addresses), and sockets that must not be opened
+    import socket
+
+    from frontdesk.sync.providers import GenericJsonAdapter, ProviderRejected
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00:ec2::254", port, 0, 0)),
+        ]
+
+    def no_socket(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", no_socket)
+    adapter = GenericJsonAdapter(
+        f"{scheme}://provider.example", {"apiKey": "k"}, 1.0, Egress(allow_http=True)
+    )
+    # When the worker calls it / Then it is refused, saying why, and nothing connected
+    with pytest.raises(ProviderRejected, match="public"):
+        adapter.validate()

@@ -22,9 +22,10 @@ from local.template import (
     Provisioned,
     TemplateError,
     load_template,
-    parameter_values,
+    local_parameters,
     validate_schedule_expression,
 )
+from local.websocket_api import websocket_apis
 
 Template = dict[str, Any]
 INTERPRETER_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -62,6 +63,17 @@ def get_att_target(value: Any, attribute: str) -> str | None:
     return None
 
 
+def budget_values(template: Template, value: Any) -> dict[str, Any]:
+    """A value for each connection budget: a FindInMap into ConnectionBudget by the budget
+    parameter gives each row's entry, anything else is the same for every budget."""
+    budgets = template["Parameters"]["DatabaseConnectionBudget"]["AllowedValues"]
+    if isinstance(value, dict) and set(value) == {"Fn::FindInMap"}:
+        name, top, key = value["Fn::FindInMap"]
+        if name == "ConnectionBudget" and top == {"Ref": "DatabaseConnectionBudget"}:
+            return {b: template["Mappings"][name][b].get(key) for b in budgets}
+    return dict.fromkeys(budgets, value)
+
+
 # ---------------------------------------------------------------- checks
 
 
@@ -88,8 +100,9 @@ def sqs_problems(template: Template) -> list[str]:
         if props.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
             problems.append(f"{where}: FunctionResponseTypes is not [ReportBatchItemFailures]")
         concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
-        if not isinstance(concurrency, int) or not 2 <= concurrency <= 1000:
-            problems.append(f"{where}: ScalingConfig.MaximumConcurrency not in 2..1000")
+        for value in budget_values(template, concurrency).values():
+            if not isinstance(value, int) or not 2 <= value <= 1000:
+                problems.append(f"{where}: ScalingConfig.MaximumConcurrency not in 2..1000")
         variables = (template["Resources"][function_id]["Properties"].get("Environment") or {}).get(
             "Variables", {}
         )
@@ -219,6 +232,8 @@ def function_needs(template: Template, function: dict[str, Any]) -> tuple[str, .
     text = (REPO / str(code_uri) / f"{module_name}.py").read_text(encoding="utf-8")
     package, name = HANDLER_MODULE.findall(text)[-1]
     module = importlib.import_module(package)
+    if package == "frontdesk.web.app":  # an HTTP function: the API's or the operators' app
+        return tuple(module.OPS_NEEDS if "make_ops_app" in text else module.NEEDS)
     if name != "make_app":  # `from frontdesk.workers import notify`: the worker module
         module = getattr(module, name, None) or importlib.import_module(f"{package}.{name}")
     needs: tuple[str, ...] = module.NEEDS
@@ -322,7 +337,7 @@ def test_every_dead_letter_queue_has_an_alarm(template: Template) -> None:
 
 def test_api_routes_and_their_authorization(template: Template) -> None:
     # Given the template, read as the local runtime reads it
-    stack = Provisioned(template=template, parameters=parameter_values(template))
+    stack = Provisioned(template=template, parameters=local_parameters(template))
     # When the HTTP routes are listed
     routes = set(stack.http_routes())
     # Then staff routes need the JWT; only the public lead form and the signed webhooks are open
@@ -347,6 +362,7 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("GET", "/metrics/daily", "StaffJwt"),
         ("GET", "/metrics/summary", "StaffJwt"),
         ("GET", "/ops/queues", "StaffJwt"),
+        ("GET", "/ops/jobs/stuck", "StaffJwt"),
         ("GET", "/ops/dead-letters", "StaffJwt"),
         ("POST", "/ops/dead-letters/replay", "StaffJwt"),
         ("POST", "/webhooks/{provider}/{account}", None),
@@ -368,7 +384,7 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
 
 def test_globals_carry_the_settings_the_code_reads(template: Template) -> None:
     # Given the template with its default parameters
-    stack = Provisioned(template=template, parameters=parameter_values(template))
+    stack = Provisioned(template=template, parameters=local_parameters(template))
     # When each function's environment is resolved
     environments = {
         spec.logical_id: stack.function_environment(spec.logical_id)
@@ -506,9 +522,27 @@ def sample_event(function_id: str, template: Template) -> dict[str, Any]:
     return data
 
 
+def custom_resource_of(template: Template, function_id: str) -> str | None:
+    """The custom resource whose ServiceToken is the function, if any."""
+    for logical_id, resource in template["Resources"].items():
+        token = (resource.get("Properties") or {}).get("ServiceToken")
+        if resource["Type"].startswith(("AWS::CloudFormation::CustomResource", "Custom::")) and (
+            get_att_target(token, "Arn") == function_id
+        ):
+            return str(logical_id)
+    return None
+
+
 def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Template) -> None:
     # Given each function and events/<its code folder>.json
-    stack = Provisioned(template=template, parameters=parameter_values(template))
+    stack = Provisioned(template=template, parameters=local_parameters(template))
+    websocket_routes: dict[str, set[str]] = {}
+    websocket_authorizers: dict[str, tuple[str, ...]] = {}
+    for api in websocket_apis(stack):
+        for route in api.routes.values():
+            websocket_routes.setdefault(route.function, set()).add(route.key)
+            if route.authorizer_function is not None:
+                websocket_authorizers[route.authorizer_function] = route.identity_source
     for function_id, function in resources(template, "AWS::Serverless::Function").items():
         event = sample_event(function_id, template)
         kinds = {e["Type"] for e in (function["Properties"].get("Events") or {}).values()}
@@ -522,6 +556,22 @@ def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Tem
             method, path = event["routeKey"].split(" ", 1)
             assert (method, path) in {(r.method, r.path) for r in stack.http_routes(function_id)}
             assert event["requestContext"]["http"]["method"] == method
+        elif not kinds and custom_resource_of(template, function_id):
+            # A custom resource's function: CloudFormation's request
+            assert event["RequestType"] in {"Create", "Update", "Delete"}
+            assert {"ResponseURL", "StackId", "RequestId", "LogicalResourceId"} <= set(event)
+            assert event["LogicalResourceId"] == custom_resource_of(template, function_id)
+        elif function_id in websocket_routes:
+            # A WebSocket route's function: API Gateway's event for one of its routes
+            context = event["requestContext"]
+            assert context["routeKey"] in websocket_routes[function_id]
+            assert {"connectionId", "eventType", "stage", "apiId"} <= set(context)
+        elif function_id in websocket_authorizers:
+            # A WebSocket REQUEST authorizer: the handshake's identity sources and methodArn
+            assert event["type"] == "REQUEST"
+            assert event["methodArn"].endswith("/$connect")
+            for source in websocket_authorizers[function_id]:
+                assert source.rsplit(".", 1)[-1] in event["queryStringParameters"]
         elif "Schedule" in kinds:
             inputs = [
                 json.loads(e["Properties"]["Input"])
@@ -535,3 +585,27 @@ def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Tem
                 assert event["source"] == "aws.events"
         else:
             pytest.fail(f"{function_id}: no sample event check for {kinds}")
+
+
+def test_each_http_function_serves_exactly_the_routes_the_template_gives_it(
+    template: Template,
+) -> None:
+    from frontdesk.config import Settings
+    from frontdesk.web.app import API_ROUTERS, OPS_ROUTERS, create_app
+
+    # Given each HTTP function's routers (the operators' routes in a function of their own)
+    apps = {"ApiFunction": API_ROUTERS, "OpsFunction": OPS_ROUTERS}
+    stack = Provisioned(template=template, parameters=local_parameters(template))
+    http_functions = {s.logical_id for s in stack.functions() if stack.http_routes(s.logical_id)}
+    assert set(apps) == http_functions
+
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]+\}", "{}", path)
+
+    for function_id, routers in apps.items():
+        # When its app's operations are compared with its HttpApi events
+        spec = create_app(Settings(), routers).openapi()
+        served = {(m.upper(), shape(p)) for p, ops in spec["paths"].items() for m in ops}
+        routed = {(r.method, shape(r.path)) for r in stack.http_routes(function_id)}
+        # Then each serves what API Gateway sends it, and nothing else
+        assert served == routed, function_id

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from uuid import UUID
 
 from frontdesk.errors import Unauthorized
@@ -57,3 +60,38 @@ def clinic_for_form_key(db: Database, form_key: str) -> UUID:
         raise Unauthorized("unknown form key")
     clinic_id: UUID = row["id"]
     return clinic_id
+
+
+class KnownClinics:
+    """Whether the clinic a staff token names exists, looked up once per container and
+    clinic (again after `ttl_seconds`), not on every request.
+
+    Only clinics found are remembered: clinics are never deleted, and a clinic created after
+    a miss is found by the next request. Thread-safe (the local server is concurrent)."""
+
+    def __init__(self, db: Database, ttl_seconds: float = 300.0, max_size: int = 10_000) -> None:
+        self._db = db
+        self._ttl = ttl_seconds
+        self._max_size = max_size
+        self._seen: OrderedDict[UUID, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def exists(self, clinic_id: UUID) -> bool:
+        with self._lock:
+            seen = self._seen.get(clinic_id)
+            if seen is not None and time.monotonic() - seen < self._ttl:
+                return True
+        with transaction(self._db) as cur:
+            cur.execute("SELECT 1 FROM clinics WHERE id = %(id)s", {"id": clinic_id})
+            found = cur.fetchone() is not None
+        if found:
+            self.remember(clinic_id)
+        return found
+
+    def remember(self, clinic_id: UUID) -> None:
+        """A clinic known to exist (just found, or just created)."""
+        with self._lock:
+            self._seen[clinic_id] = time.monotonic()
+            self._seen.move_to_end(clinic_id)
+            while len(self._seen) > self._max_size:
+                self._seen.popitem(last=False)

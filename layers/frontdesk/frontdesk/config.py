@@ -7,11 +7,17 @@ settings it needs (`Settings.require`), checked when its handler module is impor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from frontdesk.platform.db import ConnectOptions
+
+_HOST_OR_NETWORK = re.compile(r"^[A-Za-z0-9.:\-]+(/[0-9]{1,3})?$")
 
 
 class Settings(BaseSettings):
@@ -19,12 +25,29 @@ class Settings(BaseSettings):
 
     frontdesk_env: Literal["local", "dev", "prod", "test"] = "local"
 
-    # Database: a URL locally, a Secrets Manager secret in AWS (a URL, or RDS-style JSON).
+    # Database: a URL locally, a Secrets Manager secret in AWS (a URL, RDS-style JSON, or the
+    # {username, password} RDS keeps when it manages the master password). The endpoint (RDS
+    # Proxy's, from template.yaml) wins over a host in the secret.
     database_url: SecretStr | None = None
     database_secret_arn: str = ""
+    database_host: str = ""
+    database_port: int = Field(default=0, ge=0, le=65535)  # 0: the secret's, else 5432
+    database_name: str = ""
+    # The read replica: list and dashboard reads go there when one is set (a URL locally, the
+    # proxy's read-only endpoint in AWS, with the same secret); else to the writer.
+    database_reader_url: SecretStr | None = None
+    database_reader_host: str = ""
     db_connect_timeout_seconds: int = Field(default=5, ge=1, le=60)
     db_statement_timeout_ms: int = Field(default=5000, ge=100, le=900_000)
     db_pool_max_size: int = Field(default=10, ge=1, le=100)
+    # TLS: verify-full in AWS, against the CA bundle in the layer unless another is named.
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "prefer"
+    )
+    db_sslrootcert: str = ""
+    # Session settings sent at connect time; false behind RDS Proxy, which refuses them
+    # (the database's own defaults carry the timeouts there).
+    db_startup_options: bool = True
 
     # AWS: endpoint_url points every client at moto locally; unset in AWS.
     aws_endpoint_url: str | None = None
@@ -89,6 +112,14 @@ class Settings(BaseSettings):
     notifications_dlq_url: str = ""
     llm_dlq_url: str = ""
     sync_dlq_url: str = ""
+    push_dlq_url: str = ""
+
+    # Live screens: the push queue (domain events from the bus) and the WebSocket API's
+    # @connections endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage}).
+    push_queue_url: str = ""
+    websocket_management_url: str = ""
+    # How long one PostToConnection may take (a slow browser never holds up the others).
+    push_post_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
     # The queues' maxReceiveCount (template.yaml): the attempt after which a message is
     # dead-lettered, so the worker can mark its job dead on that last attempt.
@@ -120,6 +151,11 @@ class Settings(BaseSettings):
     provider_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=900)
     # Plain-HTTP provider base URLs are refused unless this is set (the local fake provider).
     provider_allow_http: bool = False
+    # Provider URLs must name public addresses (frontdesk.sync.egress). These host names,
+    # addresses and networks (CIDR), comma-separated, may be called although they are not
+    # public. Unset: loopback when FRONTDESK_ENV is local (make dev's fake provider on
+    # 127.0.0.1), nothing anywhere else.
+    provider_allowed_hosts: str | None = None
     # The poller takes at most this many changes per account per run.
     poll_max_changes: int = Field(default=500, ge=1, le=10_000)
     # CSV imports: the upload limit (API Gateway's HTTP API caps payloads at 10 MB) and the
@@ -127,11 +163,55 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
     import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
 
+    # Housekeeping: jobs left behind (frontdesk.ops.stuck_jobs). A job no worker has touched
+    # for this long, its message not in the outbox either, has its message sent again; it
+    # must exceed the longest a live message stays out of sight (SyncQueue's visibility
+    # timeout, 720 s; a breaker wait, 900 s at most).
+    job_rescue_after_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    # Rescues of one job before it is given up on (dead).
+    job_max_rescues: int = Field(default=3, ge=0, le=100)
+    # Retention (frontdesk.ops.retention): how long rows that grow forever are kept.
+    retention_outbox_sent_days: int = Field(default=7, ge=1)
+    retention_idempotency_keys_hours: int = Field(default=24, ge=1)
+    retention_webhook_deliveries_days: int = Field(default=30, ge=1)
+    # The day rows hold the token budget of the current day: two days at least.
+    retention_assistant_usage_days: int = Field(default=90, ge=2)
+    # Kept as long as the DLQ keeps a dead import's message (14 days), so a replay finds it.
+    retention_import_parts_days: int = Field(default=14, ge=0)
+
     # Control-tower metrics. The recent run's schedule (template.yaml, rate(5 minutes)) in
     # seconds: the dashboard's Cache-Control max-age counts down from it.
     metrics_refresh_seconds: int = Field(default=300, ge=1, le=86_400)
     # One metrics run is one transaction; it may take longer than a request's statement.
     metrics_statement_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000)
+
+    def connect_options(self) -> ConnectOptions:
+        """How this container opens its database connections."""
+        from frontdesk.platform.db import ConnectOptions
+
+        return ConnectOptions(
+            connect_timeout_s=self.db_connect_timeout_seconds,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+            startup_options=self.db_startup_options,
+            sslmode=self.db_sslmode,
+            sslrootcert=self.db_sslrootcert,
+        )
+
+    @field_validator("provider_allowed_hosts")
+    @classmethod
+    def _allow_list(cls, value: str | None) -> str | None:
+        for entry in (value or "").split(","):
+            entry = entry.strip()
+            if entry and not _HOST_OR_NETWORK.match(entry):
+                raise ValueError(f"not a host name, address or network: {entry!r}")
+        return value
+
+    def provider_allow_list(self) -> list[str]:
+        """PROVIDER_ALLOWED_HOSTS as a list, with its default for FRONTDESK_ENV=local."""
+        raw = self.provider_allowed_hosts
+        if raw is None:
+            raw = "127.0.0.1,::1,localhost" if self.frontdesk_env == "local" else ""
+        return [entry.strip() for entry in raw.split(",") if entry.strip()]
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
@@ -139,6 +219,7 @@ class Settings(BaseSettings):
             "notifications": self.notifications_queue_url,
             "llm": self.llm_queue_url,
             "sync": self.sync_queue_url,
+            "push": self.push_queue_url,
         }
 
     def dead_letter_queues(self) -> dict[str, tuple[str, str]]:

@@ -2,7 +2,8 @@
 every invocation.
 
 Settings, AWS clients, the database, envelope encryption and the blind index, the outbox
-publisher and hand-off, the mailer, the SMS sender and the model client. Each is built on
+publisher and hand-off, the mailer, the SMS sender, the model client and the clinics known
+to exist. Each is built on
 first use, so a function pays at cold start only for what it touches; anything a test or
 the local runtime wants to replace is given to the constructor
 (`Services(settings, database=..., mailer=...)`). Routes get the container's object
@@ -20,7 +21,10 @@ from uuid import UUID
 from frontdesk.config import Settings
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from frontdesk.assistant.llm import ChatModel
+    from frontdesk.clinics import KnownClinics
     from frontdesk.notifications.channels import Mailer, SmsSender
     from frontdesk.platform.aws import Aws
     from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
@@ -29,12 +33,14 @@ if TYPE_CHECKING:
     from frontdesk.platform.idempotency import IdempotencyRequest
     from frontdesk.platform.outbox import Publisher
     from frontdesk.platform.unit_of_work import UnitOfWork
+    from frontdesk.tokens import TokenVerifier
 
 T = TypeVar("T")
 SERVICE_NAMES = frozenset(
     {
         "aws",
         "database",
+        "reader",
         "cipher",
         "blind_index",
         "publisher",
@@ -43,6 +49,9 @@ SERVICE_NAMES = frozenset(
         "mailer",
         "sms",
         "chat_model",
+        "tokens",
+        "websocket_management",
+        "known_clinics",
     }
 )
 
@@ -74,23 +83,51 @@ class Services:
 
         return self._once("aws", build)
 
+    def conninfo(self, url: SecretStr | None = None, host: str = "") -> str:
+        """A connection string: `url` if given, else the database secret at the endpoint
+        `host` (the writer's, DATABASE_HOST, when empty)."""
+        settings = self.settings
+        if url is not None:
+            return url.get_secret_value()
+        if settings.database_url is not None and not host:
+            return settings.database_url.get_secret_value()
+        from frontdesk.platform.db import conninfo_from_secret
+
+        return conninfo_from_secret(
+            self.aws.secret(settings.database_secret_arn),
+            host=host or settings.database_host,
+            port=settings.database_port,
+            dbname=settings.database_name,
+        )
+
+    def _connection(self, url: SecretStr | None, host: str) -> Database:
+        """One lazily opened connection: to `url`, else the secret at the endpoint `host`."""
+        from frontdesk.platform.db import SingleConnectionDatabase
+
+        options = self.settings.connect_options()
+        return SingleConnectionDatabase(lambda: self.conninfo(url, host), options=options)
+
     @property
     def database(self) -> Database:
-        def build() -> Database:
-            from frontdesk.platform.db import SingleConnectionDatabase, conninfo_from_secret
+        """The writer: every write, and every read that must see the caller's own writes."""
+        settings = self.settings
+        return self._once(
+            "database", lambda: self._connection(settings.database_url, settings.database_host)
+        )
 
-            settings = self.settings
-
-            def conninfo() -> str:
-                if settings.database_url is not None:
-                    return settings.database_url.get_secret_value()
-                return conninfo_from_secret(self.aws.secret(settings.database_secret_arn))
-
-            return SingleConnectionDatabase(
-                conninfo, settings.db_connect_timeout_seconds, settings.db_statement_timeout_ms
-            )
-
-        return self._once("database", build)
+    @property
+    def reader(self) -> Database:
+        """The read replica when one is configured, else the writer. Only reads that may lag
+        behind a commit by the replica's delay (lists, the dashboard) come here; a route that
+        must show what its caller just wrote reads `database`."""
+        settings = self.settings
+        configured = settings.database_reader_url is not None or settings.database_reader_host
+        if not configured and "reader" not in self._built:
+            return self.database
+        return self._once(
+            "reader",
+            lambda: self._connection(settings.database_reader_url, settings.database_reader_host),
+        )
 
     @property
     def cipher(self) -> EnvelopeCipher:
@@ -185,6 +222,42 @@ class Services:
 
         return self._once("chat_model", build)
 
+    @property
+    def websocket_management(self) -> Any:
+        """The WebSocket API's @connections client: one attempt per post, with the push
+        timeout, so a slow browser's post fails alone (and is retried with its event)."""
+
+        def build() -> Any:
+            from frontdesk.platform.aws import Aws
+
+            timeout = self.settings.push_post_timeout_seconds
+            aws = Aws(self.settings, connect_timeout=timeout, read_timeout=timeout, max_attempts=1)
+            return aws.client(
+                "apigatewaymanagementapi", endpoint_url=self.settings.websocket_management_url
+            )
+
+        return self._once("websocket_management", build)
+
+    @property
+    def tokens(self) -> TokenVerifier:
+        def build() -> TokenVerifier:
+            from frontdesk.tokens import TokenVerifier
+
+            return TokenVerifier(self.settings)
+
+        return self._once("tokens", build)
+
+    @property
+    def known_clinics(self) -> KnownClinics:
+        """The clinics staff tokens name that this container has found to exist."""
+
+        def build() -> KnownClinics:
+            from frontdesk.clinics import KnownClinics
+
+            return KnownClinics(self.database)
+
+        return self._once("known_clinics", build)
+
     def unit_of_work(
         self,
         *,
@@ -206,7 +279,7 @@ class Services:
         """Close what holds connections (the model client, the database)."""
         with self._lock:
             built, self._built = self._built, {}
-        for name in ("chat_model", "database"):
+        for name in ("chat_model", "reader", "database"):
             service = built.get(name)
             if service is not None:
                 service.close()

@@ -11,12 +11,19 @@ that the slot has not begun, and inserts only if all hold; the name snapshots ar
 by the `appointments_snapshot_names` trigger. Its answer tells which check failed, so a
 refusal costs no second query. The `appointment.*` event (ids and times, never PII) goes
 to the outbox in the same transaction.
+
+Every write of a doctor's slots (a booking, a reschedule, a provider's booking) first takes
+the doctor's advisory transaction lock (`lock_doctors`). Without it two writers racing for
+one slot can deadlock inside the exclusion constraint: each inserts its index entry, finds
+the other's uncommitted entry and waits for the other to end. With it they take turns, and
+the second finds the first's committed row: a clean 409.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
@@ -169,6 +176,27 @@ _RESCHEDULE = f"""
 
 _PUBLIC = "id, doctor_id, patient_id, starts_at, ends_at, status, source, doctor_name"
 
+_DOCTOR_LOCK = "pg_advisory_xact_lock(hashtextextended('appointments:doctor:' || {} :: text, 0))"
+
+
+def lock_doctors(cur: Cursor, doctor_ids: Iterable[UUID]) -> None:
+    """Take the slot-writing locks of these doctors until the transaction ends, in a fixed
+    order (so two writers of several doctors cannot deadlock on them either)."""
+    cur.execute(
+        f"SELECT {_DOCTOR_LOCK.format('d')} FROM unnest(%(ids)s::uuid[]) AS d ORDER BY d",
+        {"ids": sorted(set(doctor_ids))},
+    )
+
+
+# The appointment's row first, then its doctor's lock: the order every writer of an existing
+# appointment keeps (a provider's upsert locks its rows before its doctors too).
+_LOCK_APPOINTMENT_AND_DOCTOR = f"""
+    WITH a AS (
+        SELECT doctor_id FROM appointments
+        WHERE id = %(id)s AND clinic_id = %(clinic_id)s
+        FOR UPDATE)
+    SELECT {_DOCTOR_LOCK.format("a.doctor_id")} FROM a"""
+
 
 def book(
     uow: UnitOfWork,
@@ -185,6 +213,7 @@ def book(
         patient_id = patients.convert_lead(
             uow, cipher, blind_index, clinic_id=clinic_id, lead_id=booking.lead_id
         )
+    lock_doctors(uow.cur, [booking.doctor_id])
     row = _execute_slot_write(
         uow.cur,
         _BOOK,
@@ -304,6 +333,7 @@ def _reschedule(
 ) -> Booking:
     params = {"id": appointment_id, "clinic_id": clinic_id, "starts_at": starts_at}
     cur = uow.cur
+    cur.execute(_LOCK_APPOINTMENT_AND_DOCTOR, params)
     try:
         cur.execute(_RESCHEDULE, params)
     except psycopg.errors.ExclusionViolation as exc:
@@ -347,6 +377,14 @@ def _cancel(uow: UnitOfWork, clinic_id: UUID, appointment_id: UUID) -> Booking:
     return _booking(row)
 
 
+def _later(moment: datetime, span: timedelta) -> datetime:
+    """`moment + span`, or the last moment Python can hold when that is past year 9999."""
+    try:
+        return moment + span
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
 def list_appointments(
     db: Database,
     cipher: EnvelopeCipher,
@@ -359,7 +397,7 @@ def list_appointments(
 ) -> list[AppointmentOut]:
     """Appointments starting in [from, to) (default: the next 7 days), oldest first."""
     starts_from = starts_from or datetime.now(UTC)
-    starts_to = starts_to or starts_from + timedelta(days=7)
+    starts_to = starts_to or _later(starts_from, timedelta(days=7))
     if starts_to <= starts_from:
         raise InvalidInput("to must be after from")
     if starts_to - starts_from > MAX_LIST_RANGE:

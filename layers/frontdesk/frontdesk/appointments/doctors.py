@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from frontdesk.errors import NotFound
 from frontdesk.platform.db import Database, transaction
 from frontdesk.platform.unit_of_work import UnitOfWork
-from frontdesk.values import ApiModel, Created, Name
+from frontdesk.values import ApiModel, Created, Name, SingleLine
 
-Specialty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Specialty = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SingleLine
+]
 
 
 class WorkingHours(BaseModel):

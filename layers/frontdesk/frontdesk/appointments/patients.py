@@ -101,20 +101,26 @@ def convert_lead(
 ) -> UUID:
     """The patient made from a lead, in the caller's transaction: the existing one if the lead
     was converted before, else a new one with the lead's details re-encrypted for patients
-    (a ciphertext is bound to its table, row and column, so it cannot simply be copied)."""
+    (a ciphertext is bound to its table, row and column, so it cannot simply be copied).
+    Concurrent bookings of one lead wait for each other on the lead's row lock, so it is
+    converted once."""
     cur = uow.cur
     cur.execute(
-        """SELECT l.name_enc, l.email_enc, l.phone_enc, l.dek, p.id AS patient_id
-           FROM leads l LEFT JOIN patients p ON p.lead_id = l.id
-           WHERE l.id = %(lead_id)s AND l.clinic_id = %(clinic_id)s
-           FOR UPDATE OF l""",
+        """SELECT name_enc, email_enc, phone_enc, dek FROM leads
+           WHERE id = %(lead_id)s AND clinic_id = %(clinic_id)s
+           FOR UPDATE""",
         {"lead_id": lead_id, "clinic_id": clinic_id},
     )
     row = cur.fetchone()
     if row is None:
         raise NotFound(f"lead {lead_id} not found")
-    if row["patient_id"] is not None:
-        existing: UUID = row["patient_id"]
+    # A statement of its own, after the lead's lock: it sees a patient that a concurrent
+    # booking of the same lead committed while this one waited for the lock (a join in the
+    # locking statement would still show that booking's snapshot: no patient).
+    cur.execute("SELECT id FROM patients WHERE lead_id = %(lead_id)s", {"lead_id": lead_id})
+    converted = cur.fetchone()
+    if converted is not None:
+        existing: UUID = converted["id"]
         return existing
 
     def dec(field: str) -> str | None:

@@ -11,7 +11,12 @@ from uuid import UUID
 
 import psycopg
 
-from frontdesk.appointments.bookings import EXCLUSION_CONSTRAINT, event_detail, slot_taken
+from frontdesk.appointments.bookings import (
+    EXCLUSION_CONSTRAINT,
+    event_detail,
+    lock_doctors,
+    slot_taken,
+)
 from frontdesk.appointments.doctors import iso_utc
 from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor
@@ -122,6 +127,11 @@ def upsert_external(
             reasons[external_id] = "cancelled before it was synced"
     for external_id in reasons:
         outcome[external_id] = "skipped"
+    # The doctors' slot-writing locks (after the rows, as a staff reschedule takes them), so
+    # a staff booking racing for the same slot cannot deadlock with this upsert.
+    lock_doctors(
+        cur, [doctors[b.doctor_external_id] for e, b in latest.items() if e not in reasons]
+    )
     new = [b for e, b in latest.items() if e not in before and e not in reasons]
     patient_ids = _provider_patients(cur, cipher, blind_index, clinic_id, new, request_id)
     for external_id, item in latest.items():
@@ -192,7 +202,12 @@ def _provider_patients(
 ) -> dict[str, UUID]:
     """{external id: patient id} for new bookings: the clinic's earliest patient with the
     booking's email (else phone) by blind index, or a new patient (encrypted like
-    patients.create_patient); one lookup and at most one insert for the whole group."""
+    patients.create_patient); one lookup and one upsert for the whole group.
+
+    A new patient is keyed by `contact_bidx` (the email's blind index, else the phone's),
+    unique per clinic: two workers making the same new person at once insert it once, and
+    the second gets the first's row (ON CONFLICT) after waiting for it to commit. Rows are
+    inserted in key order, so two workers making several people cannot deadlock."""
     if not bookings:
         return {}
     email_bidx = [blind_index.email(b.email) for b in bookings]
@@ -210,8 +225,10 @@ def _provider_patients(
     )
     found = {int(row["i"]) - 1: row["patient_id"] for row in cur.fetchall()}
     result: dict[str, UUID] = {}
-    created: dict[bytes, UUID] = {}  # one new patient per email (else phone) in the group
-    columns: dict[str, list[Any]] = {c: [] for c in ("id", "name", "email", "phone", "eb", "pb")}
+    wanted: dict[str, bytes] = {}  # external id -> the contact of the patient to make
+    columns: dict[str, list[Any]] = {
+        c: [] for c in ("id", "name", "email", "phone", "eb", "pb", "contact")
+    }
     data_key = cipher.data_key()
     encrypt = cipher.encryptor(data_key)
     for i, booking in enumerate(bookings):
@@ -220,24 +237,32 @@ def _provider_patients(
             continue
         contact = email_bidx[i] or phone_bidx[i]
         assert contact is not None  # checked before: an email or a phone
-        if contact not in created:
-            patient_id = created[contact] = uuid.uuid4()
+        if contact not in columns["contact"]:  # one new patient per person in the group
+            patient_id = uuid.uuid4()
             columns["id"].append(patient_id)
             for field in ("name", "email", "phone"):
                 aad = field_aad("patients", patient_id, field)
                 columns[field].append(encrypt(getattr(booking, field), aad))
             columns["eb"].append(email_bidx[i])
             columns["pb"].append(phone_bidx[i])
-        result[booking.external_id] = created[contact]
+            columns["contact"].append(contact)
+        wanted[booking.external_id] = contact
     if columns["id"]:
         cur.execute(
-            """INSERT INTO patients (id, clinic_id, name_enc, email_enc, phone_enc, dek,
-                                     kms_key_id, email_bidx, phone_bidx, request_id)
+            """INSERT INTO patients AS p (id, clinic_id, name_enc, email_enc, phone_enc, dek,
+                                          kms_key_id, email_bidx, phone_bidx, contact_bidx,
+                                          request_id)
                SELECT u.id, %(clinic_id)s, u.name, u.email, u.phone, %(dek)s, %(kms_key_id)s,
-                      u.eb, u.pb, %(request_id)s
+                      u.eb, u.pb, u.contact, %(request_id)s
                FROM unnest(%(id)s::uuid[], %(name)s::bytea[], %(email)s::bytea[],
-                           %(phone)s::bytea[], %(eb)s::bytea[], %(pb)s::bytea[])
-                    AS u(id, name, email, phone, eb, pb)""",
+                           %(phone)s::bytea[], %(eb)s::bytea[], %(pb)s::bytea[],
+                           %(contact)s::bytea[])
+                    AS u(id, name, email, phone, eb, pb, contact)
+               ORDER BY u.contact
+               ON CONFLICT (clinic_id, contact_bidx) WHERE contact_bidx IS NOT NULL
+               -- a no-op update, so that RETURNING names the row that was there first
+               DO UPDATE SET contact_bidx = excluded.contact_bidx
+               RETURNING p.id, p.contact_bidx""",
             {
                 **columns,
                 "clinic_id": clinic_id,
@@ -246,4 +271,7 @@ def _provider_patients(
                 "request_id": request_id,
             },
         )
+        made = {bytes(row["contact_bidx"]): row["id"] for row in cur.fetchall()}
+        for external_id, contact in wanted.items():
+            result[external_id] = made[contact]
     return result

@@ -4,6 +4,11 @@ answers from the queue (frontdesk.assistant.replies).
 `ask` (and `start_conversation`) is one unit of work: it checks the clinic's budget, stores
 the question, a queued reply row and its job; the hand-off sends the job to the llm queue
 after the commit. Nothing waits for the model. The reads show the reply's progress.
+
+A question can name a patient, so questions, replies and titles are envelope-encrypted like
+leads (AAD 'messages:<id>:content', 'conversations:<id>:title'); rows stored before that
+keep their plaintext column until Housekeeping encrypts them (`encrypt_plaintext`), and are
+read from it meanwhile. Reads decrypt after their transaction has ended.
 """
 
 from __future__ import annotations
@@ -11,21 +16,26 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from frontdesk.errors import NotFound, TooManyRequests
+from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
-from frontdesk.values import ApiModel, Timestamp
+from frontdesk.values import ApiModel, MultiLine, SingleLine, Timestamp
 
 CANCELLED = "cancelled before the reply was generated"
 
-Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Question = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000), MultiLine
+]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SingleLine
+]
 
 
 class QuestionIn(BaseModel):
@@ -92,6 +102,7 @@ class ConversationOut(ApiModel):
 
 def start_conversation(
     uow: UnitOfWork,
+    cipher: EnvelopeCipher,
     *,
     clinic_id: UUID,
     conversation: ConversationIn,
@@ -102,21 +113,27 @@ def start_conversation(
     cur = uow.cur
     _charge_request(cur, clinic_id, budget)
     conversation_id = uuid.uuid4()
+    key = cipher.data_key()
     cur.execute(
-        """INSERT INTO conversations (id, clinic_id, title, created_by)
-           VALUES (%(id)s, %(clinic_id)s, %(title)s, %(created_by)s)""",
+        """INSERT INTO conversations (id, clinic_id, title_enc, dek, kms_key_id, created_by)
+           VALUES (%(id)s, %(clinic_id)s, %(title)s, %(dek)s, %(kms_key_id)s, %(created_by)s)""",
         {
             "id": conversation_id,
             "clinic_id": clinic_id,
-            "title": conversation.title,
+            "title": cipher.encrypt(
+                key, conversation.title, field_aad("conversations", conversation_id, "title")
+            ),
+            "dek": key.encrypted,
+            "kms_key_id": key.kms_key_id,
             "created_by": created_by,
         },
     )
-    return _insert_question(uow, clinic_id, conversation_id, conversation.content)
+    return _insert_question(uow, cipher, clinic_id, conversation_id, conversation.content)
 
 
 def ask(
     uow: UnitOfWork,
+    cipher: EnvelopeCipher,
     *,
     clinic_id: UUID,
     conversation_id: UUID,
@@ -133,7 +150,7 @@ def ask(
     if cur.fetchone() is None:
         raise NotFound(f"conversation {conversation_id} not found")
     _charge_request(cur, clinic_id, budget)
-    return _insert_question(uow, clinic_id, conversation_id, question.content)
+    return _insert_question(uow, cipher, clinic_id, conversation_id, question.content)
 
 
 def _charge_request(cur: Cursor, clinic_id: UUID, budget: Budget) -> None:
@@ -172,28 +189,37 @@ def _charge_request(cur: Cursor, clinic_id: UUID, budget: Budget) -> None:
 
 
 def _insert_question(
-    uow: UnitOfWork, clinic_id: UUID, conversation_id: UUID, content: str
+    uow: UnitOfWork,
+    cipher: EnvelopeCipher,
+    clinic_id: UUID,
+    conversation_id: UUID,
+    content: str,
 ) -> ReplyAccepted:
     question_id, reply_id = uuid.uuid4(), uuid.uuid4()
+    key = cipher.data_key()
     job_id = uow.start_job(
         JobKind.ASSISTANT_REPLY,
         clinic_id,
         {"conversationId": str(conversation_id), "replyId": str(reply_id)},
     )
     uow.cur.execute(
-        """INSERT INTO messages (id, clinic_id, conversation_id, role, content, status,
-                                 reply_to, job_id, request_id, created_at, completed_at)
+        """INSERT INTO messages (id, clinic_id, conversation_id, role, content_enc, dek,
+                                 kms_key_id, status, reply_to, job_id, request_id, created_at,
+                                 completed_at)
            VALUES (%(question_id)s, %(clinic_id)s, %(conversation_id)s, 'user', %(content)s,
-                   'done', NULL, NULL, %(request_id)s, clock_timestamp(), clock_timestamp()),
-                  (%(reply_id)s, %(clinic_id)s, %(conversation_id)s, 'assistant', NULL,
-                   'queued', %(question_id)s, %(job_id)s, %(request_id)s, clock_timestamp(),
-                   NULL)""",
+                   %(dek)s, %(kms_key_id)s, 'done', NULL, NULL, %(request_id)s,
+                   clock_timestamp(), clock_timestamp()),
+                  (%(reply_id)s, %(clinic_id)s, %(conversation_id)s, 'assistant', NULL, NULL,
+                   NULL, 'queued', %(question_id)s, %(job_id)s, %(request_id)s,
+                   clock_timestamp(), NULL)""",
         {
             "question_id": question_id,
             "reply_id": reply_id,
             "clinic_id": clinic_id,
             "conversation_id": conversation_id,
-            "content": content,
+            "content": cipher.encrypt(key, content, field_aad("messages", question_id, "content")),
+            "dek": key.encrypted,
+            "kms_key_id": key.kms_key_id,
             "job_id": job_id,
             "request_id": uow.request_id,
         },
@@ -209,7 +235,8 @@ def _insert_question(
 
 # ---------------------------------------------------------------- reads
 
-_MESSAGE_COLUMNS = """m.id, m.conversation_id, m.role, m.content, m.reply_to, m.job_id,
+_MESSAGE_COLUMNS = """m.id, m.conversation_id, m.role, m.content, m.content_enc, m.dek,
+    m.reply_to, m.job_id,
     -- a cancelled job's reply is failed, whether or not a worker has seen it yet
     CASE WHEN j.status = 'cancelled' AND m.status <> 'done' THEN 'failed' ELSE m.status END
         AS status,
@@ -219,7 +246,34 @@ _MESSAGE_COLUMNS = """m.id, m.conversation_id, m.role, m.content, m.reply_to, m.
     m.created_at, m.completed_at"""
 
 
-def get_message(db: Database, *, clinic_id: UUID, message_id: UUID) -> MessageOut:
+def message_text(cipher: EnvelopeCipher, row: dict[str, Any]) -> str | None:
+    """A messages row's content: decrypted, or the plaintext of a row stored before."""
+    blob = row["content_enc"]
+    if blob is None:
+        legacy: str | None = row["content"]
+        return legacy
+    return cipher.decrypt(
+        bytes(row["dek"]), bytes(blob), field_aad("messages", row["id"], "content")
+    )
+
+
+def _message(cipher: EnvelopeCipher, row: dict[str, Any]) -> MessageOut:
+    return MessageOut.model_validate({**row, "content": message_text(cipher, row)})
+
+
+def _title(cipher: EnvelopeCipher, row: dict[str, Any]) -> str | None:
+    blob = row["title_enc"]
+    if blob is None:
+        legacy: str | None = row["title"]
+        return legacy
+    return cipher.decrypt(
+        bytes(row["dek"]), bytes(blob), field_aad("conversations", row["id"], "title")
+    )
+
+
+def get_message(
+    db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, message_id: UUID
+) -> MessageOut:
     with transaction(db) as cur:
         cur.execute(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN jobs j ON j.id = m.job_id
@@ -229,15 +283,20 @@ def get_message(db: Database, *, clinic_id: UUID, message_id: UUID) -> MessageOu
         row = cur.fetchone()
     if row is None:
         raise NotFound(f"message {message_id} not found")
-    return MessageOut.model_validate(row)
+    return _message(cipher, row)
 
 
 def get_conversation(
-    db: Database, *, clinic_id: UUID, conversation_id: UUID, limit: int = 200
+    db: Database,
+    cipher: EnvelopeCipher,
+    *,
+    clinic_id: UUID,
+    conversation_id: UUID,
+    limit: int = 200,
 ) -> ConversationOut:
     with transaction(db) as cur:
         cur.execute(
-            """SELECT id, title, created_at, updated_at FROM conversations
+            """SELECT id, title, title_enc, dek, created_at, updated_at FROM conversations
                WHERE id = %(id)s AND clinic_id = %(clinic_id)s""",
             {"id": conversation_id, "clinic_id": clinic_id},
         )
@@ -256,8 +315,66 @@ def get_conversation(
         messages = cur.fetchall()
     return ConversationOut(
         id=conversation["id"],
-        title=conversation["title"],
+        title=_title(cipher, conversation),
         created_at=conversation["created_at"],
         updated_at=conversation["updated_at"],
-        messages=[MessageOut.model_validate(row) for row in messages],
+        messages=[_message(cipher, row) for row in messages],
     )
+
+
+# ---------------------------------------------------------------- housekeeping
+
+# A minute's request counter matters only during that minute.
+_MINUTE_ROWS_KEPT = "1 hour"
+
+
+def purge_usage(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Forget the budget's counters: minute rows after an hour, day rows (tokens per clinic
+    and day) after the retention; at most `limit`."""
+    with transaction(db) as cur:
+        cur.execute(
+            f"""DELETE FROM assistant_usage WHERE (clinic_id, period, period_start) IN (
+                    SELECT clinic_id, period, period_start FROM assistant_usage
+                    WHERE (period = 'minute'
+                           AND period_start < now() - interval '{_MINUTE_ROWS_KEPT}')
+                       OR (period = 'day'
+                           AND period_start < now() - make_interval(days => %(days)s))
+                    LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount
+
+
+def encrypt_plaintext(db: Database, cipher: EnvelopeCipher, *, limit: int) -> int:
+    """Encrypt up to `limit` messages and titles stored in plaintext before questions were
+    encrypted (migration 0009); returns how many. The data key is fetched before the
+    transaction: no call to KMS inside it."""
+    key = cipher.data_key()
+    encrypt = cipher.encryptor(key)
+    done = 0
+    for table, column in (("messages", "content"), ("conversations", "title")):
+        with transaction(db) as cur:
+            cur.execute(
+                f"""SELECT id, {column} AS text FROM {table} WHERE {column} IS NOT NULL
+                    ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+                {"limit": limit},
+            )
+            found = cur.fetchall()
+            if not found:
+                continue
+            cur.execute(
+                f"""UPDATE {table} t SET {column}_enc = u.enc, dek = %(dek)s,
+                           kms_key_id = %(kms_key_id)s, {column} = NULL
+                    FROM unnest(%(ids)s::uuid[], %(enc)s::bytea[]) AS u(id, enc)
+                    WHERE t.id = u.id""",
+                {
+                    "ids": [row["id"] for row in found],
+                    "enc": [
+                        encrypt(row["text"], field_aad(table, row["id"], column)) for row in found
+                    ],
+                    "dek": key.encrypted,
+                    "kms_key_id": key.kms_key_id,
+                },
+            )
+            done += len(found)
+    return done

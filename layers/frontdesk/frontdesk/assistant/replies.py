@@ -9,6 +9,10 @@
    day's usage and closes the breaker.
 A redelivered job finds its reply done (or claimed by a live worker) and does nothing: one
 reply row per job, written once.
+
+The conversation is stored encrypted (frontdesk.assistant.conversations): the history is
+decrypted after the first transaction has ended and the reply encrypted before the last one
+begins, so a call to KMS never happens inside a transaction either.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from frontdesk.assistant.conversations import CANCELLED
+from frontdesk.assistant.conversations import CANCELLED, message_text
 from frontdesk.assistant.llm import (
     ChatModel,
     ChatTurn,
@@ -28,6 +32,7 @@ from frontdesk.assistant.llm import (
     TransientModelError,
 )
 from frontdesk.platform import breaker, jobs
+from frontdesk.platform.crypto import DataKey, EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobMessage
 
@@ -58,6 +63,7 @@ class ReplyDeferred(Exception):
 
 def answer(
     db: Database,
+    cipher: EnvelopeCipher,
     model: ChatModel,
     message: JobMessage,
     policy: WorkerPolicy,
@@ -91,6 +97,9 @@ def answer(
             return Answer("busy")
         admission = breaker.admit(cur, model.breaker_name, probe_lease_seconds=timeout_seconds)
         if not admission.allowed:
+            # The message waits on the queue (re-sent with a delay): it is live, and the job
+            # says so, or Housekeeping would take it for lost during a long outage.
+            jobs.touch(cur, message.job_id)
             return Answer("wait", wait_seconds=admission.wait_seconds)
         cur.execute(
             """UPDATE jobs SET status = 'running', attempts = attempts + 1,
@@ -105,7 +114,8 @@ def answer(
                WHERE id = %(id)s""",
             {"id": job["reply_id"], "claim": timeout_seconds + 15},
         )
-        system, turns = _context(cur, message.clinic_id, job, policy.history_messages)
+        system, history = _context(cur, message.clinic_id, job, policy.history_messages)
+    turns = [ChatTurn(row["role"], message_text(cipher, row) or "") for row in history]
 
     # 2. the model call: no transaction open, the connection back in the container's hands
     started = time.perf_counter()
@@ -138,10 +148,14 @@ def answer(
                 jobs.record_error(cur, message.job_id, str(exc))
         raise ReplyDeferred(str(exc), exc.retry_after_seconds, dead=last_attempt) from exc
     latency_ms = round((time.perf_counter() - started) * 1000)
+    key = cipher.data_key()
+    text = cipher.encrypt(key, completion.text, field_aad("messages", job["reply_id"], "content"))
 
     # 3. short transaction: the reply, the job, the usage, the breaker
     with transaction(db) as cur:
-        stored = _store_reply(cur, message, job["reply_id"], completion, latency_ms)
+        stored = _store_reply(
+            cur, message, job["reply_id"], completion, latency_ms, encrypted=(text, key)
+        )
         if not stored:
             cur.execute("SELECT status FROM jobs WHERE id = %(id)s", {"id": message.job_id})
             row = cur.fetchone()
@@ -179,10 +193,15 @@ def _store_reply(
     reply_id: UUID,
     completion: Completion,
     latency_ms: int,
+    *,
+    encrypted: tuple[bytes | None, DataKey],
 ) -> bool:
-    """Write the reply if this worker still holds it and the job was not cancelled meanwhile."""
+    """Write the reply (its text encrypted) if this worker still holds it and the job was not
+    cancelled meanwhile."""
+    text, key = encrypted
     cur.execute(
-        """UPDATE messages m SET status = 'done', content = %(text)s, provider = %(provider)s,
+        """UPDATE messages m SET status = 'done', content_enc = %(text)s, dek = %(dek)s,
+                  kms_key_id = %(kms_key_id)s, provider = %(provider)s,
                   model = %(model)s, input_tokens = %(input_tokens)s,
                   output_tokens = %(output_tokens)s, latency_ms = %(latency_ms)s,
                   error = NULL, claimed_until = NULL, completed_at = now(), updated_at = now()
@@ -193,7 +212,9 @@ def _store_reply(
         {
             "id": reply_id,
             "clinic_id": message.clinic_id,
-            "text": completion.text,
+            "text": text,
+            "dek": key.encrypted,
+            "kms_key_id": key.kms_key_id,
             "provider": completion.provider,
             "model": completion.model,
             "input_tokens": completion.input_tokens,
@@ -215,6 +236,17 @@ def requeue_replies(cur: Cursor, job_ids: Sequence[UUID]) -> int:
     return cur.rowcount
 
 
+def fail_replies_of(cur: Cursor, job_ids: Sequence[UUID], error: str) -> int:
+    """The replies of jobs given up on read failed, with why."""
+    cur.execute(
+        """UPDATE messages SET status = 'failed', error = %(error)s, claimed_until = NULL,
+                  completed_at = now(), updated_at = now()
+           WHERE job_id = ANY(%(ids)s::uuid[]) AND role = 'assistant' AND status <> 'done'""",
+        {"ids": list(job_ids), "error": error},
+    )
+    return cur.rowcount
+
+
 def _fail_reply(cur: Cursor, reply_id: UUID, error: str) -> None:
     cur.execute(
         """UPDATE messages SET status = 'failed', error = %(error)s, claimed_until = NULL,
@@ -226,8 +258,9 @@ def _fail_reply(cur: Cursor, reply_id: UUID, error: str) -> None:
 
 def _context(
     cur: Cursor, clinic_id: UUID, job: dict[str, Any], history: int
-) -> tuple[str, list[ChatTurn]]:
-    """The system prompt (clinic profile and numbers) and the conversation so far."""
+) -> tuple[str, list[dict[str, Any]]]:
+    """The system prompt (clinic profile and numbers) and the conversation so far (its rows,
+    still encrypted)."""
     cur.execute(
         """SELECT c.name, c.timezone,
                   (SELECT count(*) FROM leads l WHERE l.clinic_id = c.id
@@ -244,10 +277,10 @@ def _context(
     clinic = cur.fetchone()
     assert clinic is not None
     cur.execute(
-        """SELECT role, content FROM (
-               SELECT role, content, created_at FROM messages
+        """SELECT id, role, content, content_enc, dek FROM (
+               SELECT id, role, content, content_enc, dek, created_at FROM messages
                WHERE clinic_id = %(clinic_id)s AND conversation_id = %(conversation_id)s
-                 AND status = 'done' AND content IS NOT NULL
+                 AND status = 'done' AND (content_enc IS NOT NULL OR content IS NOT NULL)
                  AND created_at <= (SELECT created_at FROM messages WHERE id = %(question_id)s)
                ORDER BY created_at DESC LIMIT %(limit)s) recent
            ORDER BY created_at""",
@@ -258,7 +291,7 @@ def _context(
             "limit": max(1, history),
         },
     )
-    turns = [ChatTurn(row["role"], row["content"]) for row in cur.fetchall()]
+    turns = [dict(row) for row in cur.fetchall()]
     system = (
         f"You are the front-office assistant of {clinic['name']}, a clinic. Answer staff "
         "questions briefly and factually from these numbers; say when you do not know.\n"

@@ -13,7 +13,7 @@ from uuid import UUID
 from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad
 from frontdesk.platform.queues import EventType
 from frontdesk.platform.unit_of_work import UnitOfWork
-from frontdesk.values import phone_digits_ok
+from frontdesk.values import phone_digits_ok, text_problem
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[0-9 ()\-.]+$")
@@ -38,14 +38,23 @@ def check_external(
 ) -> tuple[str, str | None, str | None, str | None, bool] | str:
     """The cleaned fields, or the reason they are refused (field names only, never values).
 
-    The same rules as LeadIn, without building a pydantic model per row (imports check
-    hundreds of thousands of rows)."""
+    The same rules as LeadIn (the text rule of frontdesk.values included), without building
+    a pydantic model per row (imports check hundreds of thousands of rows)."""
     name = (name or "").strip()
     email = (email or "").strip() or None
     phone = (phone or "").strip() or None
     notes = (notes or "").strip() or None
     if not 1 <= len(name) <= 200:
         return "name: required, at most 200 characters"
+    for field, value, multiline in (
+        ("name", name, False),
+        ("email", email, False),
+        ("phone", phone, False),
+        ("notes", notes, True),
+    ):
+        problem = value and text_problem(value, multiline=multiline)
+        if problem:
+            return f"{field}: {problem}"
     if email is not None and (len(email) > 254 or not _EMAIL.match(email)):
         return "email: not an email address"
     if phone is not None and (

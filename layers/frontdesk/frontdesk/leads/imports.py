@@ -7,6 +7,11 @@ through API Gateway anyway (10 MB cap), the file, the job and its outbox row com
 together (no orphan objects, no second store to secure and expire), and the worker reads
 the file a window at a time with plain SQL.
 
+The file is PII (names, emails, phones): each part is encrypted under the import's data key
+(AES-256-GCM bound to 'lead_import_parts:<import id>/<part>:data'), and the parts are
+deleted when the import ends (succeeded or cancelled; Housekeeping deletes those of imports
+that ended otherwise once past their retention).
+
 Worker: a chunk is one window of the file (IMPORT_CHUNK_BYTES, cut at a record boundary);
 per chunk one transaction checks the job was not cancelled, COPYs the checked rows
 (encrypted) into a staging table and inserts them with ON CONFLICT, records the rows'
@@ -30,6 +35,7 @@ from frontdesk.errors import InvalidInput, NotFound
 from frontdesk.leads.external import check_external, insert_imported
 from frontdesk.observability import logger
 from frontdesk.platform import jobs
+from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import EventType, JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
@@ -79,8 +85,13 @@ def check_upload(file: IO[bytes]) -> tuple[list[str], int]:
     return columns, header_bytes
 
 
+def part_aad(import_id: UUID, part: int) -> bytes:
+    return field_aad("lead_import_parts", f"{import_id}/{part}", "data")
+
+
 def store_upload(
     uow: UnitOfWork,
+    cipher: EnvelopeCipher,
     *,
     clinic_id: UUID,
     source: str,
@@ -93,13 +104,14 @@ def store_upload(
     columns, header_bytes = check_upload(file)
     rows_total = max(0, lines - 1)
     import_id = uuid.uuid4()
+    key = cipher.data_key()
     cur = uow.cur
     job_id = uow.start_job(JobKind.LEADS_IMPORT, clinic_id, {"importId": str(import_id)})
     cur.execute(
         """INSERT INTO lead_imports (id, clinic_id, job_id, source, columns, size_bytes,
-                                     part_bytes, rows_total, next_offset)
+                                     part_bytes, rows_total, next_offset, dek, kms_key_id)
            VALUES (%(id)s, %(clinic)s, %(job)s, %(source)s, %(columns)s, %(size)s,
-                   %(part)s, %(total)s, %(offset)s)""",
+                   %(part)s, %(total)s, %(offset)s, %(dek)s, %(kms_key_id)s)""",
         {
             "id": import_id,
             "clinic": clinic_id,
@@ -110,12 +122,16 @@ def store_upload(
             "part": PART_BYTES,
             "total": rows_total,
             "offset": header_bytes,
+            "dek": key.encrypted,
+            "kms_key_id": key.kms_key_id,
         },
     )
     with cur.copy("COPY lead_import_parts (import_id, part, data) FROM STDIN") as copy:
         part = 0
         while chunk := file.read(PART_BYTES):
-            copy.write_row((import_id, part, chunk))
+            copy.write_row(
+                (import_id, part, cipher.encrypt_bytes(key, chunk, part_aad(import_id, part)))
+            )
             part += 1
     jobs.set_progress(
         cur,
@@ -166,7 +182,9 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     """Parse the complete records at the start of `data` (a window of the file).
 
     A record cut off by the window's end is left for the next window (`consumed` stops
-    before it). Blank lines are skipped. Each bad record becomes (line, reason)."""
+    before it). Blank lines are skipped. Each bad record becomes (line, reason): one that
+    breaks the field rules, is malformed CSV, or is not UTF-8 (only the header's encoding is
+    checked on upload)."""
     window = Window()
     if not at_eof:
         cut = data.rfind(b"\n")
@@ -176,13 +194,20 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     lines = data.splitlines(keepends=True)
     position = 0
     line_no = first_line - 1
+    undecodable = False  # a line of the record being read is not UTF-8
 
     def feed() -> Iterator[str]:
-        nonlocal position, line_no
+        # csv.reader asks for a record's lines as it reads it and no further, so a line that
+        # is not UTF-8 marks the record it belongs to.
+        nonlocal position, line_no, undecodable
         for raw in lines:
             position += len(raw)
             line_no += 1
-            yield raw.decode("utf-8", "replace")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                undecodable = True
+                yield raw.decode("utf-8", "replace")
 
     reader = csv.reader(feed(), strict=True)
     index = {name: i for i, name in enumerate(columns)}
@@ -190,6 +215,7 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
     get = _getter(index)
     while True:
         start, start_line = position, line_no + 1
+        undecodable = False
         try:
             record = next(reader)
         except StopIteration:
@@ -199,6 +225,9 @@ def parse_window(data: bytes, *, at_eof: bool, columns: list[str], first_line: i
                 position, line_no = start, start_line - 1  # cut off: the next window's
                 break
             window.errors.append((start_line, f"malformed CSV ({exc})"))
+            continue
+        if undecodable:
+            window.errors.append((start_line, "the row is not UTF-8"))
             continue
         if not record or record == [""]:
             continue
@@ -245,16 +274,16 @@ def run(
     "continued" (time ran short: a continuation message was committed), "busy" (another
     worker moved the resume point) or "already_done"."""
     db = services.database
-    with transaction(db) as cur:
-        started = jobs.start_attempt(cur, job_id)
+    with services.unit_of_work() as uow:
+        started = jobs.start_attempt(uow.cur, job_id)
         if started is None or started["clinic_id"] != clinic_id:
             return "already_done"
-        state = _state(cur, job_id)
+        state = _state(uow.cur, job_id)
     slowest = 0.0
     window_bytes = chunk_bytes
     while True:
         began = remaining_seconds()
-        data, at_eof = _read_window(db, state, window_bytes)
+        data, at_eof = _read_window(db, services.cipher, state, window_bytes)
         window = parse_window(
             data, at_eof=at_eof, columns=state["columns"], first_line=state["next_line"]
         )
@@ -288,7 +317,8 @@ def run(
 def _state(cur: Cursor, job_id: UUID) -> dict[str, Any]:
     cur.execute(
         """SELECT id, clinic_id, job_id, source, columns, size_bytes, part_bytes, rows_total,
-                  next_offset, next_line, rows_done, rows_imported, error_count, chunks_done
+                  next_offset, next_line, rows_done, rows_imported, error_count, chunks_done,
+                  dek
            FROM lead_imports WHERE job_id = %(job)s""",
         {"job": job_id},
     )
@@ -298,8 +328,12 @@ def _state(cur: Cursor, job_id: UUID) -> dict[str, Any]:
     return dict(row)
 
 
-def _read_window(db: Database, state: dict[str, Any], size: int) -> tuple[bytes, bool]:
-    """`size` bytes of the file from the resume point (only the parts that hold them)."""
+def _read_window(
+    db: Database, cipher: EnvelopeCipher, state: dict[str, Any], size: int
+) -> tuple[bytes, bool]:
+    """`size` bytes of the file from the resume point (only the parts that hold them),
+    decrypted once the reading transaction has ended. An import stored before parts were
+    encrypted has no data key: its parts are the plaintext."""
     start = int(state["next_offset"])
     end = min(start + size, int(state["size_bytes"]))
     part_bytes = int(state["part_bytes"])
@@ -312,9 +346,13 @@ def _read_window(db: Database, state: dict[str, Any], size: int) -> tuple[bytes,
                ORDER BY part""",
             {"id": state["id"], "first": start // part_bytes, "last": (end - 1) // part_bytes},
         )
-        buffer = io.BytesIO()
-        for row in cur:
-            buffer.write(row["data"])
+        parts = [(int(row["part"]), bytes(row["data"])) for row in cur]
+    dek = state["dek"]
+    buffer = io.BytesIO()
+    for part, data in parts:
+        if dek is not None:
+            data = cipher.decrypt_bytes(bytes(dek), data, part_aad(state["id"], part))
+        buffer.write(data)
     skip = start - (start // part_bytes) * part_bytes
     data = buffer.getvalue()[skip : skip + (end - start)]
     return data, end >= int(state["size_bytes"])
@@ -334,6 +372,7 @@ def _commit_chunk(
     cur.execute("SELECT status FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": state["job_id"]})
     job = cur.fetchone()
     if job is None or job["status"] == "cancelled":
+        forget_file(cur, state["id"])
         return "cancelled"
     if job["status"] != "running":
         return "already_done"
@@ -397,6 +436,7 @@ def _commit_chunk(
         errors,
     )
     if at_eof:
+        forget_file(cur, state["id"])
         jobs.set_progress(cur, state["job_id"], percent=100, message=_message(state))
         jobs.finish(cur, state["job_id"], status="succeeded", result=result)
         logger.info(
@@ -409,8 +449,31 @@ def _commit_chunk(
     return "continued" if last else "next"
 
 
+def forget_file(cur: Cursor, import_id: UUID) -> None:
+    """The uploaded file is not needed once its import has ended: it is PII at rest."""
+    cur.execute("DELETE FROM lead_import_parts WHERE import_id = %(id)s", {"id": import_id})
+
+
 def _message(state: dict[str, Any]) -> str:
     return (
         f"{state['rows_done']}/{state['rows_total']} rows, {state['rows_imported']} imported, "
         f"{state['error_count']} errors"
     )
+
+
+def purge_finished_parts(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Delete up to `limit` stored parts of imports whose job ended (any way: an import that
+    succeeds or is cancelled deletes its own) more than `older_than_days` ago. A dead job's
+    file is kept that long so that a replay from the DLQ can still import it."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM lead_import_parts WHERE (import_id, part) IN (
+                   SELECT p.import_id, p.part FROM lead_import_parts p
+                   JOIN lead_imports i ON i.id = p.import_id
+                   JOIN jobs j ON j.id = i.job_id
+                   WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'dead')
+                     AND j.finished_at < now() - make_interval(days => %(days)s)
+                   LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount

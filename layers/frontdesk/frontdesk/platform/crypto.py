@@ -148,8 +148,17 @@ class EnvelopeCipher:
     def decrypt(self, encrypted_key: bytes, blob: bytes | None, aad: bytes) -> str | None:
         if blob is None:
             return None
+        return self.decrypt_bytes(encrypted_key, blob, aad).decode()
+
+    @staticmethod
+    def encrypt_bytes(key: DataKey, data: bytes, aad: bytes) -> bytes:
+        """`encrypt` for bytes (a stored file's part): nonce || ciphertext."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + AESGCM(key.plaintext).encrypt(nonce, data, aad)
+
+    def decrypt_bytes(self, encrypted_key: bytes, blob: bytes, aad: bytes) -> bytes:
         aes = AESGCM(self._plaintext_key(encrypted_key))
-        return aes.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad).decode()
+        return aes.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad)
 
 
 def field_aad(table: str, row_id: object, field: str) -> bytes:

@@ -13,6 +13,15 @@ idle_in_transaction_session_timeout, runs in autocommit mode and opens transacti
 explicitly (`with transaction(db) as cur`; a transaction that hands work off is a
 `frontdesk.platform.unit_of_work.UnitOfWork`), so a transaction is always visible in code.
 Driver errors that mean "the database is unreachable" become `ServiceUnavailable` here.
+
+In AWS the connection goes to RDS Proxy, which multiplexes client connections onto a few
+database connections as long as nothing pins a session to one. So: no server-side
+prepared statements (`prepare_threshold=None`: psycopg never PREPAREs), and no startup
+`options` (the proxy refuses them outright); there the timeouts are the database's own
+defaults, which the migration custom resource sets (`ALTER DATABASE ... SET`). TLS is
+`verify-full` against the CA bundle shipped in this package (`rds-ca-bundle.pem`: the RDS
+certificate authorities for direct connections, the Amazon Trust Services roots that
+sign RDS Proxy's certificates).
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from frontdesk.errors import InvalidInput, ServiceUnavailable
@@ -44,30 +55,87 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-def connect_kwargs(connect_timeout_s: int, statement_timeout_ms: int) -> dict[str, Any]:
-    return {
+# The RDS certificate authorities (every region) and the Amazon Trust Services roots (RDS
+# Proxy's certificates come from ACM): what `verify-full` checks the server against.
+RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
+_VERIFYING = frozenset({"verify-ca", "verify-full"})
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How every connection of a container is opened."""
+
+    connect_timeout_s: int = 5
+    statement_timeout_ms: int = 5000
+    # False behind RDS Proxy: it refuses startup options ("-c statement_timeout=...").
+    startup_options: bool = True
+    sslmode: str = "prefer"
+    sslrootcert: str = ""  # empty: RDS_CA_BUNDLE when the mode verifies the server
+
+
+def connect_kwargs(
+    connect_timeout_s: int = 5,
+    statement_timeout_ms: int = 5000,
+    options: ConnectOptions | None = None,
+) -> dict[str, Any]:
+    if options is None:
+        options = ConnectOptions(connect_timeout_s, statement_timeout_ms)
+    kwargs: dict[str, Any] = {
         "autocommit": True,
         "row_factory": dict_row,
-        "connect_timeout": connect_timeout_s,
-        "options": (
-            f"-c statement_timeout={statement_timeout_ms}"
-            f" -c idle_in_transaction_session_timeout={statement_timeout_ms * 2}"
-            " -c application_name=frontdesk"
-        ),
+        "connect_timeout": options.connect_timeout_s,
+        # Never a server-side prepared statement: one would pin the session to one database
+        # connection behind RDS Proxy (and break on another).
+        "prepare_threshold": None,
+        "application_name": "frontdesk",
+        "sslmode": options.sslmode,
     }
+    if options.sslmode in _VERIFYING:
+        kwargs["sslrootcert"] = options.sslrootcert or str(RDS_CA_BUNDLE)
+    if options.startup_options:
+        timeout = options.statement_timeout_ms
+        kwargs["options"] = (
+            f"-c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout * 2}"
+        )
+    return kwargs
 
 
-def conninfo_from_secret(secret: str) -> str:
-    """A secret holds either a URL or RDS-style JSON (host, port, username, password, dbname)."""
+class SecretError(ValueError):
+    """The database secret cannot be turned into a connection (no host, no user)."""
+
+
+def conninfo_from_secret(secret: str, *, host: str = "", port: int = 0, dbname: str = "") -> str:
+    """The conninfo of a database secret, with the endpoint settings applied over it.
+
+    A secret holds a URL, or JSON: RDS-style (host, port, username, password, dbname) or
+    the `{username, password}` RDS writes when it manages the master password. The
+    endpoint (RDS Proxy's or the cluster's, from the template) comes as `host`, `port` and
+    `dbname` and wins over the secret's: the proxy, not the instance the secret was made
+    for, is what the functions reach.
+    """
     secret = secret.strip()
+    endpoint = {
+        k: v for k, v in {"host": host, "port": port or None, "dbname": dbname}.items() if v
+    }
     if not secret.startswith("{"):
-        return secret
+        return make_conninfo(secret, **endpoint) if endpoint else secret
     fields = json.loads(secret)
-    user = quote(str(fields["username"]), safe="")
-    password = quote(str(fields.get("password", "")), safe="")
-    port = fields.get("port", 5432)
-    dbname = fields.get("dbname", "postgres")
-    return f"postgresql://{user}:{password}@{fields['host']}:{port}/{dbname}"
+    if not fields.get("username"):
+        raise SecretError("the database secret has no username")
+    merged = {
+        "user": str(fields["username"]),
+        "password": str(fields.get("password", "")),
+        "host": str(fields.get("host", "")),
+        "port": fields.get("port") or 5432,
+        "dbname": str(fields.get("dbname") or "postgres"),
+        **endpoint,
+    }
+    if not merged["host"]:
+        raise SecretError(
+            "the database secret names no host: set DATABASE_HOST (the RDS Proxy or cluster"
+            " endpoint; template.yaml passes it)"
+        )
+    return make_conninfo("", **merged)
 
 
 def _refused(exc: psycopg.DataError) -> InvalidInput:
@@ -92,9 +160,10 @@ class SingleConnectionDatabase:
         conninfo: Callable[[], str],
         connect_timeout_s: int = 5,
         statement_timeout_ms: int = 5000,
+        options: ConnectOptions | None = None,
     ) -> None:
         self._conninfo = conninfo
-        self._kwargs = connect_kwargs(connect_timeout_s, statement_timeout_ms)
+        self._kwargs = connect_kwargs(connect_timeout_s, statement_timeout_ms, options)
         self._conn: Connection | None = None
         self._last_used = 0.0
         self.connects = 0  # observable for tests and metrics
@@ -150,6 +219,7 @@ class PooledDatabase:
         connect_timeout_s: int = 5,
         statement_timeout_ms: int = 5000,
         max_size: int = 10,
+        options: ConnectOptions | None = None,
     ) -> None:
         from psycopg_pool import ConnectionPool
 
@@ -158,7 +228,7 @@ class PooledDatabase:
             conninfo,
             min_size=1,
             max_size=max_size,
-            kwargs=connect_kwargs(connect_timeout_s, statement_timeout_ms),
+            kwargs=connect_kwargs(connect_timeout_s, statement_timeout_ms, options),
             check=ConnectionPool.check_connection,
             timeout=self._timeout,
             reconnect_timeout=3600,

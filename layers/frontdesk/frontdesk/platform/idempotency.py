@@ -76,8 +76,9 @@ def record(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest, response: 
     )
 
 
-def purge_expired(db: Database, retention_hours: int = 24, limit: int = 10_000) -> int:
-    """Forget keys older than the retention (a retry after that is a new request)."""
+def purge_expired(db: Database, *, retention_hours: int, limit: int) -> int:
+    """Forget up to `limit` keys older than the retention (a retry after that is a new
+    request); Housekeeping."""
     with transaction(db) as cur:
         cur.execute(
             """DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(

@@ -180,26 +180,98 @@ def errors_of(cur: Cursor, job_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]
     return {row["id"]: dict(row) for row in cur.fetchall()}
 
 
-def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> JobOut:
-    """Cancel a queued or running job of this clinic. Its worker finds it cancelled and does
-    nothing (a running one's result is discarded). NotFound for other clinics' ids, Conflict
-    when the job has already ended."""
-    with transaction(db) as cur:
+def cancel_job(cur: Cursor, *, clinic_id: UUID, job_id: UUID) -> JobOut:
+    """Cancel a queued or running job of this clinic (in a unit of work: the change is an
+    event). Its worker finds it cancelled and does nothing (a running one's result is
+    discarded). NotFound for other clinics' ids, Conflict when the job has already ended."""
+    cur.execute(
+        f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
+            WHERE id = %(id)s AND clinic_id = %(clinic_id)s
+              AND status IN ('queued', 'running')
+            RETURNING {_PUBLIC_COLUMNS}""",
+        {"id": job_id, "clinic_id": clinic_id},
+    )
+    row = cur.fetchone()
+    if row is None:
         cur.execute(
-            f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
-                WHERE id = %(id)s AND clinic_id = %(clinic_id)s
-                  AND status IN ('queued', 'running')
-                RETURNING {_PUBLIC_COLUMNS}""",
+            "SELECT status FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
             {"id": job_id, "clinic_id": clinic_id},
         )
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(
-                "SELECT status FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
-                {"id": job_id, "clinic_id": clinic_id},
-            )
-            existing = cur.fetchone()
-            if existing is None:
-                raise NotFound(f"job {job_id} not found")
-            raise Conflict(f"job {job_id} has already ended ({existing['status']})")
+        existing = cur.fetchone()
+        if existing is None:
+            raise NotFound(f"job {job_id} not found")
+        raise Conflict(f"job {job_id} has already ended ({existing['status']})")
     return JobOut.model_validate(row)
+
+
+def touch(cur: Cursor, job_id: UUID) -> None:
+    """A worker has the job's message in hand (and lets it wait): the job's message is live,
+    so Housekeeping does not rescue it."""
+    cur.execute("UPDATE jobs SET updated_at = now() WHERE id = %(id)s", {"id": job_id})
+
+
+def overdue(cur: Cursor, *, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
+    """Open jobs no worker has touched for `older_than_seconds` and whose message is not
+    waiting in the outbox either (that is the sweeper's to send), oldest first, locked (other
+    runs skip them)."""
+    cur.execute(
+        """SELECT j.id, j.clinic_id, j.kind, j.status, j.rescues FROM jobs j
+           WHERE j.status IN ('queued', 'running')
+             AND j.updated_at < now() - make_interval(secs => %(seconds)s)
+             AND NOT EXISTS (
+                 SELECT 1 FROM outbox o
+                 WHERE o.sent_at IS NULL AND o.target = 'queue'
+                   AND o.payload ->> 'jobId' = j.id::text)
+           ORDER BY j.updated_at
+           LIMIT %(limit)s
+           FOR UPDATE OF j SKIP LOCKED""",
+        {"seconds": older_than_seconds, "limit": limit},
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def mark_rescued(cur: Cursor, job_ids: Sequence[UUID]) -> None:
+    """Their messages are sent again: count it, and start their deadline anew."""
+    cur.execute(
+        """UPDATE jobs SET rescues = rescues + 1, updated_at = now()
+           WHERE id = ANY(%(ids)s::uuid[])""",
+        {"ids": list(job_ids)},
+    )
+
+
+def open_job_counts(cur: Cursor, *, older_than_seconds: float) -> list[dict[str, Any]]:
+    """Per kind and status, the open jobs past the rescue deadline (split by whether their
+    message still waits in the outbox) and those rescued before; for operators."""
+    cur.execute(
+        """SELECT kind, status,
+                  count(*) FILTER (WHERE overdue AND NOT in_outbox)::int AS overdue,
+                  count(*) FILTER (WHERE overdue AND in_outbox)::int AS waiting_in_outbox,
+                  count(*) FILTER (WHERE rescues > 0)::int AS rescued,
+                  min(updated_at) FILTER (WHERE overdue) AS oldest_updated_at
+           FROM (
+               SELECT j.kind, j.status, j.rescues, j.updated_at,
+                      j.updated_at < now() - make_interval(secs => %(seconds)s) AS overdue,
+                      EXISTS (SELECT 1 FROM outbox o
+                              WHERE o.sent_at IS NULL AND o.target = 'queue'
+                                AND o.payload ->> 'jobId' = j.id::text) AS in_outbox
+               FROM jobs j
+               WHERE j.status IN ('queued', 'running')
+                 AND (j.rescues > 0
+                      OR j.updated_at < now() - make_interval(secs => %(seconds)s))) open_jobs
+           GROUP BY kind, status
+           ORDER BY kind, status""",
+        {"seconds": older_than_seconds},
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def count_failed_since(cur: Cursor, *, error_prefix: str, hours: int) -> int:
+    """Jobs ended as dead in the last `hours` with an error starting with `error_prefix`."""
+    cur.execute(
+        """SELECT count(*)::int AS n FROM jobs
+           WHERE status = 'dead' AND finished_at > now() - make_interval(hours => %(hours)s)
+             AND starts_with(error, %(prefix)s)""",
+        {"hours": hours, "prefix": error_prefix},
+    )
+    row = cur.fetchone()
+    return int(row["n"]) if row else 0

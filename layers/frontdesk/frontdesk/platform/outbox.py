@@ -239,8 +239,8 @@ def _record(db: Database, result: RelayResult) -> None:
             )
 
 
-def purge_sent(db: Database, older_than_days: int = 7, limit: int = 10_000) -> int:
-    """Delete rows sent long ago, in bounded batches."""
+def purge_sent(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Delete up to `limit` rows sent more than `older_than_days` ago (Housekeeping)."""
     with transaction(db) as cur:
         cur.execute(
             """DELETE FROM outbox WHERE id IN (

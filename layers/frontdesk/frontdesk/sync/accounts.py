@@ -13,23 +13,23 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from frontdesk.errors import InvalidInput, NotFound
+from frontdesk.errors import NotFound
 from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.providers import KINDS
-from frontdesk.values import ApiModel, Timestamp
+from frontdesk.values import ApiModel, SingleLine, Timestamp
 
 _TABLE = "provider_accounts"
 
 ProviderKind = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$")]
-Secret = Annotated[str, StringConstraints(min_length=16, max_length=256)]
+Secret = Annotated[str, StringConstraints(min_length=16, max_length=256), SingleLine]
 
 
 class Credentials(BaseModel):
@@ -46,8 +46,8 @@ class AccountIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     provider: ProviderKind
-    name: Annotated[str, StringConstraints(max_length=200)] | None = None
-    apiBaseUrl: Annotated[str, StringConstraints(min_length=8, max_length=2000)]
+    name: Annotated[str, StringConstraints(max_length=200), SingleLine] | None = None
+    apiBaseUrl: Annotated[str, StringConstraints(min_length=8, max_length=2000), SingleLine]
     credentials: Credentials
     webhookSecret: Secret | None = Field(
         default=None, description="the provider's signing secret; omitted: one is generated"
@@ -69,27 +69,6 @@ class CredentialsIn(BaseModel):
 
     credentials: Credentials
     webhookSecret: Secret | None = None
-
-
-def check_base_url(url: str, *, allow_http: bool) -> None:
-    try:
-        parts = urlsplit(url)
-        hostname, port = parts.hostname, parts.port  # port raises for a non-numeric one
-    except ValueError:
-        hostname, port = None, None
-    schemes = ("https", "http") if allow_http else ("https",)
-    if (
-        hostname is None
-        or parts.scheme not in schemes
-        or parts.username
-        or parts.password
-        or not url.isascii()
-        or (port is not None and not 0 < port < 65536)
-    ):
-        raise InvalidInput(
-            "apiBaseUrl must be an https:// URL without credentials"
-            + (" (or http:// locally)" if allow_http else "")
-        )
 
 
 class AccountSaved(ApiModel):
@@ -163,9 +142,9 @@ def create_account(
     *,
     clinic_id: UUID,
     account: AccountIn,
-    allow_http: bool,
+    egress: Egress,
 ) -> AccountSaved:
-    check_base_url(account.apiBaseUrl, allow_http=allow_http)
+    egress.check_url(account.apiBaseUrl)
     account_id = uuid.uuid4()
     generated = account.webhookSecret is None
     webhook_secret = account.webhookSecret or "whsec_" + secrets.token_urlsafe(32)

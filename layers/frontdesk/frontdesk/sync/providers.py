@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from frontdesk.errors import InvalidInput
+from frontdesk.sync.egress import Egress, EgressRefused
+
 Resource = Literal["lead", "booking"]
 RESOURCES: tuple[Resource, ...] = ("lead", "booking")
 
@@ -112,12 +115,21 @@ class ProviderAdapter(Protocol):
 
 
 class GenericJsonAdapter:
-    """The reference adapter: the generic JSON provider API above, over urllib."""
+    """The reference adapter: the generic JSON provider API above, over urllib, calling only
+    where `egress` allows (public addresses, checked after DNS resolution)."""
 
-    def __init__(self, base_url: str, credentials: dict[str, Any], timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: dict[str, Any],
+        timeout_seconds: float,
+        egress: Egress,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._api_key = str(credentials.get("apiKey", ""))
         self._timeout = timeout_seconds
+        self._egress = egress
+        self._opener = egress.opener()
 
     def validate(self) -> None:
         self._get("/v1/account")
@@ -182,13 +194,20 @@ class GenericJsonAdapter:
             raise ProviderRejected(f"malformed booking ({type(exc).__name__})") from None
 
     def _get(self, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(  # noqa: S310 (scheme checked when the account is saved)
-            self._base + path,
+        url = self._base + path
+        try:
+            self._egress.check_url(url)  # the scheme (a row saved before today's rule too)
+        except InvalidInput as exc:
+            raise ProviderRejected(exc.detail) from None
+        request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
+            url,
             headers={"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as answer:  # noqa: S310
+            with self._opener.open(request, timeout=self._timeout) as answer:
                 body = answer.read(1024 * 1024 + 1)
+        except EgressRefused as exc:
+            raise ProviderRejected(str(exc)) from None
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -237,8 +256,8 @@ KINDS = ("generic",)
 
 
 def adapter_for(
-    kind: str, base_url: str, credentials: dict[str, Any], timeout_seconds: float
+    kind: str, base_url: str, credentials: dict[str, Any], timeout_seconds: float, egress: Egress
 ) -> ProviderAdapter:
     if kind == "generic":
-        return GenericJsonAdapter(base_url, credentials, timeout_seconds)
+        return GenericJsonAdapter(base_url, credentials, timeout_seconds, egress)
     raise ProviderRejected(f"no adapter for provider {kind!r}")

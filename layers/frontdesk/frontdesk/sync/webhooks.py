@@ -19,7 +19,7 @@ from uuid import UUID
 
 from frontdesk.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from frontdesk.platform.crypto import EnvelopeCipher
-from frontdesk.platform.db import Database
+from frontdesk.platform.db import Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync import accounts as provider_accounts
@@ -201,3 +201,17 @@ def record_delivery(uow: UnitOfWork, verified: VerifiedDelivery) -> WebhookAccep
         {"job": job_id, "account": account_id, "delivery": delivery.id},
     )
     return WebhookAccepted(delivery_id=delivery.id, job_id=job_id, duplicate=False)
+
+
+def purge_deliveries(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Forget deliveries received before the retention, at most `limit` (the replay guard
+    needs them only as long as a provider may still send or list them again)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM webhook_deliveries WHERE (account_id, delivery_id) IN (
+                   SELECT account_id, delivery_id FROM webhook_deliveries
+                   WHERE received_at < now() - make_interval(days => %(days)s)
+                   LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount

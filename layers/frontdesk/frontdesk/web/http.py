@@ -101,7 +101,8 @@ def _media_type(scope: Scope) -> bytes:
 
 
 class RequestContextMiddleware:
-    """Request id and timing for every request; body size and media type for writes.
+    """Request id and timing for every request, the X-Request-Id header on every answer (a
+    500 included); body size and media type for writes.
 
     Pure ASGI (no BaseHTTPMiddleware) so it adds microseconds, not a task per request.
     `body_rules` give single routes other media types and size limits than the JSON default.
@@ -130,12 +131,22 @@ class RequestContextMiddleware:
         state["started"] = time.perf_counter()
         logger.set_correlation_id(request_id)
 
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
         rule = self._rule(scope)
         max_body_bytes = rule.max_bytes if rule is not None else self.max_body_bytes
         problem = self._refuse_body(scope, max_body_bytes)
         if problem is not None:
             response = problem_response(scope["path"], request_id, problem)
-            await response(scope, receive, send)
+            await response(scope, receive, send_with_id)
             return
 
         received = 0
@@ -158,13 +169,17 @@ class RequestContextMiddleware:
                     raise HTTPException(413, f"the body is over {max_body_bytes} bytes")
             return message
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        await self.app(scope, limited_receive, send_with_id)
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            # A bug. Answered here rather than by an exception handler: Starlette gives
+            # those to its outermost middleware, outside this one, whose answer would lack
+            # the X-Request-Id header that every answer carries.
+            if started:
+                raise
+            logger.exception("unhandled error", extra={"error": type(exc).__name__})
+            error = FrontdeskError("an unexpected error occurred; quote the requestId to support")
+            await problem_response(scope["path"], request_id, error)(scope, receive, send_with_id)
 
     def _refuse_body(self, scope: Scope, max_body_bytes: int) -> FrontdeskError | None:
         """Refuse a declared oversized body before reading it."""
@@ -249,12 +264,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.headers:
             response.headers.update(exc.headers)
         return response
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", extra={"error": type(exc).__name__})
-        error = FrontdeskError("an unexpected error occurred; quote the requestId to support")
-        return problem_response(request.url.path, _request_id(request), error)
 
 
 def _http_title(status: int) -> str:

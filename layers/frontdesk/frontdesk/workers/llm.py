@@ -34,7 +34,7 @@ from frontdesk.platform.queues import JobMessage, Queue
 from frontdesk.services import Services, get_services
 from frontdesk.workers.records import Item, QueueWorker, RecordContext, Retry, one_by_one
 
-NEEDS = ("database", "llm_queue_url")
+NEEDS = ("database", "llm_queue_url", "kms_key_id")
 
 # SQS limits: DelaySeconds at most 15 minutes, a visibility timeout at most 12 hours.
 MAX_DELAY_SECONDS = 900
@@ -102,6 +102,7 @@ def answer(item: Item[JobMessage], lambda_context: Any) -> str:
     try:
         result = replies.answer(
             services.database,
+            services.cipher,
             services.chat_model,
             message,
             replies.WorkerPolicy(

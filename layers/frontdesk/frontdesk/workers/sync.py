@@ -14,9 +14,9 @@ from frontdesk.config import Settings
 from frontdesk.entry import lambda_handler
 from frontdesk.leads import imports
 from frontdesk.platform import jobs
-from frontdesk.platform.db import transaction
 from frontdesk.platform.queues import JobKind, JobMessage, Queue
 from frontdesk.services import get_services
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.fetch import CallPolicy, TransientSyncError, run_fetch, run_validate
 from frontdesk.workers.records import Item, QueueWorker, Retry, one_by_one
 
@@ -31,6 +31,7 @@ def call_policy(settings: Settings) -> CallPolicy:
         backoff_max_seconds=settings.provider_backoff_max_seconds,
         breaker_threshold=settings.provider_breaker_failure_threshold,
         breaker_cooldown_seconds=settings.provider_breaker_cooldown_seconds,
+        egress=Egress.from_settings(settings),
     )
 
 
@@ -71,11 +72,11 @@ def run(item: Item[JobMessage], lambda_context: Any) -> str:
         if outcome == "busy":
             raise TransientSyncError("another worker holds this import")
     except TransientSyncError as exc:
-        with transaction(services.database) as cur:
+        with services.unit_of_work() as uow:
             if item.context.is_last_attempt:
-                jobs.finish(cur, message.job_id, status="dead", error=str(exc))
+                jobs.finish(uow.cur, message.job_id, status="dead", error=str(exc))
             else:
-                jobs.record_error(cur, message.job_id, str(exc))
+                jobs.record_error(uow.cur, message.job_id, str(exc))
         raise Retry(str(exc)) from exc
     return outcome
 

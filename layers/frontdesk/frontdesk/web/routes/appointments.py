@@ -14,11 +14,15 @@ from frontdesk.appointments.bookings import AppointmentChange, AppointmentOut, B
 from frontdesk.appointments.doctors import DoctorIn, DoctorOut, Slot
 from frontdesk.appointments.patients import PatientIn, PatientOut
 from frontdesk.values import Created
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, Write
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["appointments"], responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[404]})
+router = APIRouter(
+    route_class=GuardedRoute,
+    tags=["appointments"],
+    responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[404]},
+)
 
 
 @router.post("/doctors", status_code=201, summary="Add a doctor")
@@ -35,7 +39,8 @@ def create_doctor(staff: Staff, doctor: DoctorIn, web: Write) -> Envelope[Create
 
 @router.get("/doctors", summary="List the clinic's doctors with their working hours")
 def list_doctors(staff: Staff, web: Web) -> Envelope[list[DoctorOut]]:
-    found = doctors.list_doctors(web.services.database, clinic_id=staff.clinic_id)
+    # A list: read from the replica when there is one (it may lag by its replication delay).
+    found = doctors.list_doctors(web.services.reader, clinic_id=staff.clinic_id)
     return web.ok(found, "listDoctors", "doctor", [d.id for d in found])
 
 
@@ -107,7 +112,7 @@ def list_appointments(
 ) -> Envelope[list[AppointmentOut]]:
     services = web.services
     found = bookings.list_appointments(
-        services.database,
+        services.reader,  # a list: the replica when there is one
         services.cipher,
         clinic_id=staff.clinic_id,
         doctor_id=doctor,

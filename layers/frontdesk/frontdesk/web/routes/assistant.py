@@ -16,11 +16,15 @@ from frontdesk.assistant.conversations import (
     ReplyAccepted,
 )
 from frontdesk.config import Settings
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, Write, WriteContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["assistant"], responses={**ERROR_RESPONSES, 429: ERROR_RESPONSES[503]})
+router = APIRouter(
+    route_class=GuardedRoute,
+    tags=["assistant"],
+    responses={**ERROR_RESPONSES, 429: ERROR_RESPONSES[503]},
+)
 
 # How long a client should wait before its first poll of the reply.
 POLL_AFTER_SECONDS = 1
@@ -56,6 +60,7 @@ def start_conversation(staff: Staff, body: ConversationIn, web: Write) -> Envelo
         staff.clinic_id,
         lambda uow: conversations.start_conversation(
             uow,
+            web.services.cipher,
             clinic_id=staff.clinic_id,
             conversation=body,
             budget=budget(web.services.settings),
@@ -80,6 +85,7 @@ def ask(
         staff.clinic_id,
         lambda uow: conversations.ask(
             uow,
+            web.services.cipher,
             clinic_id=staff.clinic_id,
             conversation_id=conversation_id,
             question=body,
@@ -95,8 +101,9 @@ def ask(
     "its content",
 )
 def read_message(staff: Staff, message_id: UUID, web: Web) -> Envelope[MessageOut]:
+    services = web.services
     message = conversations.get_message(
-        web.services.database, clinic_id=staff.clinic_id, message_id=message_id
+        services.database, services.cipher, clinic_id=staff.clinic_id, message_id=message_id
     )
     return web.ok(message, "getMessage", "message", [message_id])
 
@@ -106,7 +113,11 @@ def read_message(staff: Staff, message_id: UUID, web: Web) -> Envelope[MessageOu
     summary="A conversation and its recent messages, oldest first",
 )
 def read_conversation(staff: Staff, conversation_id: UUID, web: Web) -> Envelope[ConversationOut]:
+    services = web.services
     conversation = conversations.get_conversation(
-        web.services.database, clinic_id=staff.clinic_id, conversation_id=conversation_id
+        services.database,
+        services.cipher,
+        clinic_id=staff.clinic_id,
+        conversation_id=conversation_id,
     )
     return web.ok(conversation, "getConversation", "conversation", [conversation_id])

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Header, Query, Response
 
 from frontdesk.dashboard import daily_metrics
 from frontdesk.dashboard.daily_metrics import DailyMetrics, Freshness, MetricsSummary
-from frontdesk.web.auth import Staff
+from frontdesk.web.auth import GuardedRoute, Staff
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["metrics"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["metrics"], responses=ERROR_RESPONSES)
 
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
@@ -66,8 +66,9 @@ def read_daily(
     day_to: Annotated[date | None, Query(alias="to")] = None,
     if_none_match: IfNoneMatch = None,
 ) -> Envelope[DailyMetrics] | Response:
+    # Pre-calculated rows, minutes old by design: the replica when there is one.
     data = daily_metrics.daily(
-        web.services.database, clinic_id=staff.clinic_id, day_from=day_from, day_to=day_to
+        web.services.reader, clinic_id=staff.clinic_id, day_from=day_from, day_to=day_to
     )
     return _answer(web, data, if_none_match, "getDailyMetrics")
 
@@ -81,5 +82,5 @@ def read_daily(
 def read_summary(
     staff: Staff, web: Web, if_none_match: IfNoneMatch = None
 ) -> Envelope[MetricsSummary] | Response:
-    data = daily_metrics.summary(web.services.database, clinic_id=staff.clinic_id)
+    data = daily_metrics.summary(web.services.reader, clinic_id=staff.clinic_id)
     return _answer(web, data, if_none_match, "getMetricsSummary")

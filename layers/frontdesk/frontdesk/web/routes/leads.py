@@ -8,11 +8,11 @@ from fastapi import APIRouter
 
 from frontdesk.leads import intake
 from frontdesk.leads.intake import LeadCreated, LeadIn, LeadOut
-from frontdesk.web.auth import FormClinic, Staff
+from frontdesk.web.auth import FormClinic, GuardedRoute, Staff
 from frontdesk.web.context import Web, Write, WriteContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["leads"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["leads"], responses=ERROR_RESPONSES)
 
 
 def _create(web: WriteContext, clinic_id: UUID, lead: LeadIn) -> Envelope[LeadCreated]:

@@ -1,4 +1,4 @@
-"""Operator routes (platform operators only): queue health and dead letters.
+"""Operator routes (platform operators only): queue health, dead letters, stuck jobs.
 
 Queues and dead letters hold every clinic's work, so these need the platform's `operator`
 role; a clinic's admin is not enough."""
@@ -9,14 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from frontdesk.ops import dead_letters
+from frontdesk.ops import dead_letters, stuck_jobs
 from frontdesk.ops.dead_letters import DeadLetter, DeadLetterQueue, ReplayOutcome, ReplayRequest
 from frontdesk.ops.queue_health import Queues, queue_health
-from frontdesk.web.auth import Operator
+from frontdesk.web.auth import GuardedRoute, Operator
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
-router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["operations"], responses=ERROR_RESPONSES)
 
 
 @router.get(
@@ -72,3 +72,14 @@ def replay_dead_letters(
         services.database, services.aws.client("sqs"), _dlqs(web, body.queue), body.messageIds
     )
     return web.ok(result, "replayDeadLetters", "deadLetter", result.replayed)
+
+
+@router.get(
+    "/ops/jobs/stuck",
+    summary="Jobs left behind, every clinic's: overdue, rescued, given up (operators)",
+)
+def read_stuck_jobs(operator: Operator, web: Web) -> Envelope[stuck_jobs.StuckJobs]:
+    services = web.services
+    policy = stuck_jobs.RescuePolicy.from_settings(services.settings)
+    found = stuck_jobs.stuck_jobs(services.database, policy)
+    return web.ok(found, "getStuckJobs", "job", headers={"Cache-Control": "no-store"})

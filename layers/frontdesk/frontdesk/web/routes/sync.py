@@ -17,12 +17,13 @@ from frontdesk.leads import imports
 from frontdesk.leads.imports import ImportAccepted
 from frontdesk.sync import accounts, webhooks
 from frontdesk.sync.accounts import AccountIn, AccountOut, AccountSaved, CredentialsIn
+from frontdesk.sync.egress import Egress
 from frontdesk.sync.webhooks import WebhookAccepted
-from frontdesk.web.auth import Admin, Staff
+from frontdesk.web.auth import Admin, GuardedRoute, Staff
 from frontdesk.web.context import Web, WebContext
 from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope
 
-router = APIRouter(tags=["sync"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=GuardedRoute, tags=["sync"], responses=ERROR_RESPONSES)
 
 _SOURCE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,39}$")
 _SPOOL_IN_MEMORY = 1024 * 1024  # an upload beyond this goes to a temporary file
@@ -130,7 +131,13 @@ def _store_import(
 ) -> ImportAccepted:
     with web.services.unit_of_work(request_id=web.request_id) as uow:
         return imports.store_upload(
-            uow, clinic_id=clinic_id, source=source, file=spool, size=size, lines=lines
+            uow,
+            web.services.cipher,
+            clinic_id=clinic_id,
+            source=source,
+            file=spool,
+            size=size,
+            lines=lines,
         )
 
 
@@ -148,7 +155,7 @@ def create_provider_account(admin: Admin, account: AccountIn, web: Web) -> Envel
             services.cipher,
             clinic_id=admin.clinic_id,
             account=account,
-            allow_http=services.settings.provider_allow_http,
+            egress=Egress.from_settings(services.settings),
         )
     headers = {"Location": f"/jobs/{saved.job_id}"}
     return web.ok(saved, "createProviderAccount", "providerAccount", [saved.id], headers=headers)
