@@ -445,7 +445,7 @@ def test_sqs_event_sources(stack: Provisioned) -> None:
     assert source.function_logical_id == "NotifyWorker"
     assert source.queue_logical_id == "NotificationsQueue"
     assert source.queue_url == stack.physical["NotificationsQueue"]["QueueUrl"]
-    assert source.batch_size == 10
+    assert source.batch_size == 50
     assert source.maximum_batching_window_seconds == 1
     assert source.report_batch_item_failures is True
     assert source.maximum_concurrency == 5

@@ -30,8 +30,9 @@ from starlette.concurrency import run_in_threadpool
 
 from frontdesk.clinics import clinic_for_form_key
 from frontdesk.errors import Forbidden, Unauthorized
-from frontdesk.services import Services, get_services
+from frontdesk.services import Services
 from frontdesk.tokens import Principal, principal_of
+from frontdesk.web.context import ServicesDep, container_services
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -53,12 +54,14 @@ def _claims(
     return services.tokens.verify(credentials.credentials)
 
 
-def staff(
+async def staff(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> Principal:
-    """The staff member calling, from their token; their clinic must exist."""
+    """The staff member calling, from their token; their clinic must exist. `async`: the
+    clinic's lookup is a query only once per container and clinic (Services.known_clinics),
+    and a Lambda environment serves one request at a time."""
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
         return known
@@ -72,9 +75,10 @@ def staff(
 def form_clinic(
     request: Request,
     form_key: Annotated[str | None, Depends(form_key_header)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> UUID:
-    """The clinic whose public web form is posting (its X-Form-Key)."""
+    """The clinic whose public web form is posting (its X-Form-Key). `def`: the lookup is a
+    query (FastAPI runs it in a worker thread)."""
     known: UUID | None = getattr(request.state, "form_clinic", None)
     if known is not None:
         return known
@@ -93,14 +97,14 @@ ADMIN_ROLE = "admin"
 OPERATOR_ROLE = "operator"
 
 
-def admin(principal: Staff) -> Principal:
+async def admin(principal: Staff) -> Principal:
     """Staff holding their clinic's admin role (provider accounts)."""
     if ADMIN_ROLE not in principal.roles:
         raise Forbidden("this route needs the admin role")
     return principal
 
 
-def operator(principal: Staff) -> Principal:
+async def operator(principal: Staff) -> Principal:
     """The platform's operators: queues and dead letters are shared by every clinic, so a
     clinic's admin role is not enough to see or replay them."""
     if OPERATOR_ROLE not in principal.roles:
@@ -124,19 +128,19 @@ def _guards_of(dependant: Dependant) -> frozenset[Callable[..., Any]]:
 
 
 async def check_caller(request: Request, guards: frozenset[Callable[..., Any]]) -> None:
-    """Run `guards` for this request (the database lookups off the event loop); their
+    """Run `guards` for this request (the form key's query off the event loop); their
     answers stay on the request for the route's dependencies."""
-    services = get_services()
+    services = await container_services()
     if form_clinic in guards:
         form_key = await form_key_header(request)
         await run_in_threadpool(form_clinic, request, form_key, services)
     if guards & {staff, admin, operator}:
         credentials = await bearer(request)
-        principal = await run_in_threadpool(staff, request, credentials, services)
+        principal = await staff(request, credentials, services)
         if admin in guards:
-            admin(principal)
+            await admin(principal)
         if operator in guards:
-            operator(principal)
+            await operator(principal)
 
 
 class GuardedRoute(APIRoute):
