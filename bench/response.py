@@ -26,8 +26,8 @@ the invoke phase (the relay) is reported apart.
 The loopback servers of the local runtime and of AwsProxy are Python http.server handlers
 that write a response's headers and body in two writes; with Nagle's algorithm on, the body
 waits for the client's delayed ACK (40 ms on Linux). AWS's Runtime API has no such stall,
-so the bench turns Nagle off on them (`disable_nagle_algorithm`, a class attribute of
-socketserver's StreamRequestHandler) and measures the stock setting once, apart.
+so both turn Nagle off (`disable_nagle_algorithm`, a class attribute of socketserver's
+StreamRequestHandler); the bench measures http.server's stock setting once, apart.
 """
 
 from __future__ import annotations
@@ -223,7 +223,6 @@ def start_environment(
     Runtime API (Nagle's algorithm on); the bench turns it off everywhere else."""
     from local import lambda_runtime
 
-    lambda_runtime._ApiHandler.disable_nagle_algorithm = True  # the bench's default
     env = lambda_runtime.Environment(
         name=name,
         handler="handler.handler",
@@ -626,9 +625,6 @@ def bench_hang(report: Report, stack: Stack, moto: Moto, postgres: Postgres) -> 
         # The local runtime's pool of one environment: a request waits for the last one's
         # invoke phase, as Lambda holds a busy environment.
         spec = dataclasses.replace(stack.api_spec(), code_uri=BUILT_API, layers=(BUILT_LAYER,))
-        from local import lambda_runtime
-
-        lambda_runtime._ApiHandler.disable_nagle_algorithm = True
         function = LocalFunction(spec, environment, concurrency=1)
         try:
             function.invoke(lead_event("pool-cold"))

@@ -41,7 +41,7 @@ class Aws:
     def client(self, service: str, endpoint_url: str | None = None) -> Any:
         """The container's client for `service`, created on first use; `endpoint_url` for a
         service reached at an address of its own (an API's @connections endpoint)."""
-        key = f"{service} {endpoint_url or ''}"
+        key = service if endpoint_url is None else f"{service} {endpoint_url}"
         client = self._clients.get(key)
         if client is not None:
             return client
