@@ -53,14 +53,20 @@ lint: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
 build: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
 	PYENV_VERSION=3.13.0 $(SAM) build --build-dir .aws-sam/build
 	$(PY) -m compileall -q -j 0 --invalidation-mode unchecked-hash .aws-sam/build
+	touch $(BUILT)
+
+# The build, when it is missing or older than what goes into it (bench.response runs it).
+BUILT := .aws-sam/build/.built
+$(BUILT): template.yaml layers/frontdesk/requirements.txt $(shell find functions layers/frontdesk/frontdesk -name '*.py')
+	$(MAKE) build
 
 ## make migrate: apply db/migrations to the database at DATABASE_URL (deployments)
 migrate: $(VENV)/.installed-py313
 	$(PY) -m frontdesk.platform.migrations db/migrations
 
 ## make bench: every benchmark in bench/; results in bench/results/
-BENCHMARKS := run assistant assistant_stream appointments sync metrics
-bench: $(VENV)/.installed-py313 .frontdesk/run
+BENCHMARKS := run assistant assistant_stream appointments sync metrics response push
+bench: $(VENV)/.installed-py313 .frontdesk/run $(BUILT)
 	set -e; for b in $(BENCHMARKS); do \
 	    if [ -f bench/$$b.py ]; then $(PY) -m bench.$$b; fi; \
 	done

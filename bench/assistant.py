@@ -361,7 +361,10 @@ def bench_end_to_end_local_runtime(report: Report, postgres: Any) -> None:
     )
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "local.dev", "--api-port", "0", "--state-dir", str(state_dir)],
+            [
+                *(sys.executable, "-m", "local.dev", "--api-port", "0", "--ws-port", "0"),
+                *("--state-dir", str(state_dir)),
+            ],
             cwd=REPO,
             env=env,
             stdout=log_file,

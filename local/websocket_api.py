@@ -154,6 +154,7 @@ class LocalWebSocketApi:
         self._loop = asyncio.new_event_loop()
         self._server: Any = None
         self._management: ThreadingHTTPServer | None = None
+        self._expiry: Any = None
         self.url = ""
         self.management_url = ""
         self._thread = threading.Thread(
@@ -183,10 +184,12 @@ class LocalWebSocketApi:
         self.management_url = (
             f"http://127.0.0.1:{self._management.server_address[1]}/{self.spec.stage}"
         )
-        asyncio.run_coroutine_threadsafe(self._expire(), self._loop)
+        self._expiry = asyncio.run_coroutine_threadsafe(self._expire(), self._loop)
         return self
 
     def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._management is not None:
             self._management.shutdown()
             self._management.server_close()
@@ -423,6 +426,9 @@ def _management_server(api: LocalWebSocketApi) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY the body waits
+        # for the client's delayed ACK (about 40 ms per answer).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -17,7 +17,20 @@ TEMPLATE_PATH = REPO / "template.yaml"
 
 
 class CloudFormationLoader(yaml.SafeLoader):
-    """A SafeLoader that reads CloudFormation short-form tags as their long form."""
+    """A SafeLoader that reads CloudFormation short-form tags as their long form, and refuses
+    a key given twice in one mapping (CloudFormation does; YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise TemplateError(
+                    f"{key!r} is given twice (lines {seen[key].start_mark.line + 1} and"
+                    f" {key_node.start_mark.line + 1})"
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _TAGGED_FUNCTIONS = (

@@ -44,6 +44,8 @@ class DevProcess:
                 "local.dev",
                 "--api-port",
                 "0",
+                "--ws-port",
+                "0",
                 "--state-dir",
                 str(state_dir),
                 *options,

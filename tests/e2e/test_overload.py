@@ -31,7 +31,7 @@ from local.template import Provisioned, local_parameters
 from tests.integration.conftest import FORM_KEY, App
 from tests.support import reset_process_state
 
-BUDGET = "16"  # the smallest budget
+BUDGET = "20"  # the smallest budget
 # Two cores start a dozen Lambda environments (FastAPI, boto3, psycopg each) slowly enough
 # to meet Lambda's 10 s init limit: the test gives the API a share of 2 (ceiling 6) of the
 # smallest budget and its environments 30 s, and keeps every rule the template states.

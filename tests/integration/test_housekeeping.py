@@ -235,6 +235,16 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             age,
             accepted["data"]["jobId"],
         )
+    for connection, expires_in in (("closed=", "-1 minute"), ("open=", "1 hour")):
+        execute(
+            app,
+            """INSERT INTO websocket_connections (connection_id, clinic_id, subject, expires_at)
+               VALUES (%s, %s, 'staff', now() + %s::interval)""",
+            connection,
+            app.clinic_id,
+            expires_in,
+        )
+    unsent = rows(app, "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id")
     # When Housekeeping's retention runs
     done = run("retention")
     # Then what is past each table's retention is gone, and nothing else
@@ -244,13 +254,17 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "webhook_deliveries": 1,
         "assistant_usage": 2,
         "lead_import_parts": 1,
+        "websocket_connections": 1,
         "encrypted_plaintext": 0,
     }
+    assert rows(app, "SELECT connection_id FROM websocket_connections") == [("open=",)]
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
     assert rows(app, "SELECT delivery_id FROM webhook_deliveries") == [("new",)]
     assert rows(app, "SELECT count(*) FROM assistant_usage") == [(2,)]
     assert rows(app, "SELECT count(*) FROM lead_import_parts") == [(1,)]
-    assert rows(app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
+    # (the jobs' events written by the UPDATEs above were never sent: they stay)
+    assert rows(app, "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id") == unsent
+    assert len(unsent) == 2
 
 
 def test_retention_encrypts_conversations_stored_in_plaintext(app: App, api: Any, ops: Any) -> None:

@@ -164,12 +164,17 @@ def test_provisioning_against_a_moto_server_is_idempotent_across_runs(moto_url: 
 def test_sqs_event_sources_point_at_the_provisioned_queue(stack: Provisioned) -> None:
     # Given the provisioned template / When the SQS event sources are listed
     sources = stack.sqs_event_sources()
-    assert len(sources) == 3
+    assert len(sources) == 4
     # Then each worker polls its real queue URL
     for source in sources:
         queue = stack.physical[source.queue_logical_id]
         assert (source.queue_url, source.queue_arn) == (queue["QueueUrl"], queue["Arn"])
-    assert {s.queue_logical_id for s in sources} == {"NotificationsQueue", "LlmQueue", "SyncQueue"}
+    assert {s.queue_logical_id for s in sources} == {
+        "NotificationsQueue",
+        "LlmQueue",
+        "SyncQueue",
+        "PushQueue",
+    }
 
 
 RULE_TEMPLATE: dict[str, Any] = {

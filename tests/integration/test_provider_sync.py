@@ -650,11 +650,10 @@ def test_an_import_is_cancelled_between_chunks(
     from frontdesk.platform import jobs
     from frontdesk.services import get_services
 
-    db = get_services().database
-
     def cancel_after_second_chunk(chunks_done: int) -> None:
         if chunks_done == 2:
-            jobs.cancel_job(db, clinic_id=sync_app.clinic_id, job_id=job_id)
+            with get_services().unit_of_work() as uow:
+                jobs.cancel_job(uow.cur, clinic_id=sync_app.clinic_id, job_id=job_id)
 
     # When staff cancel it while the worker runs
     outcome = imports.run(

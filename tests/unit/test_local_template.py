@@ -94,6 +94,22 @@ def test_a_file_without_resources_is_refused(tmp_path: Path) -> None:
         load_template(write_template(tmp_path, "just: text\n"))
 
 
+def test_a_resource_given_twice_is_refused(tmp_path: Path) -> None:
+    # Given a template naming one resource twice (YAML alone would keep the last)
+    text = """
+        Resources:
+          Topic:
+            Type: AWS::SNS::Topic
+          Queue:
+            Type: AWS::SQS::Queue
+          Topic:
+            Type: AWS::SNS::Topic
+    """
+    # When loaded / Then it is refused, naming the key and both lines
+    with pytest.raises(TemplateError, match=r"'Topic' is given twice \(lines 3 and 7\)"):
+        load_template(write_template(tmp_path, textwrap.dedent(text)))
+
+
 # ---------------------------------------------------------------- resolving
 
 TEMPLATE: dict[str, Any] = {
@@ -363,6 +379,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-NotificationsQueue",
             "QueueName": "frontdesk-local-NotificationsQueue",
         },
+        "PushQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-PushQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-PushQueue",
+            "QueueName": "frontdesk-local-PushQueue",
+        },
         "LlmQueue": {
             "Ref": "http://localhost/123456789012/frontdesk-local-LlmQueue",
             "QueueUrl": "http://localhost/123456789012/frontdesk-local-LlmQueue",
@@ -415,7 +437,7 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
-    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker"}
+    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker", "PushWorker"}
     assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
     assert sources["SyncWorker"].visibility_timeout == 720
     source = sources["NotifyWorker"]
@@ -423,7 +445,7 @@ def test_sqs_event_sources(stack: Provisioned) -> None:
     assert source.function_logical_id == "NotifyWorker"
     assert source.queue_logical_id == "NotificationsQueue"
     assert source.queue_url == stack.physical["NotificationsQueue"]["QueueUrl"]
-    assert source.batch_size == 10
+    assert source.batch_size == 50
     assert source.maximum_batching_window_seconds == 1
     assert source.report_batch_item_failures is True
     assert source.maximum_concurrency == 5

@@ -51,7 +51,14 @@ shaped = st.fixed_dictionaries(
         "clinicId": ids,
         "reminderId": ids,
         "detail-type": st.sampled_from(
-            ["appointment.booked", "appointment.rescheduled", "appointment.cancelled", "x"]
+            [
+                "appointment.booked",
+                "appointment.rescheduled",
+                "appointment.cancelled",
+                "job.progress",
+                "lead.created",
+                "x",
+            ]
         ),
         "source": st.sampled_from(["frontdesk", "other"]),
         "id": ids,
@@ -110,6 +117,17 @@ def test_valid_messages_are_accepted() -> None:
     )
     parsers["llm queue"](json.dumps({"jobId": job, "kind": "assistant.reply", "clinicId": clinic}))
     parsers["sync queue"](json.dumps({"jobId": job, "kind": "sync.fetch", "clinicId": clinic}))
+    event = parsers["push queue"](
+        json.dumps(
+            {
+                "id": "e1",
+                "source": "frontdesk",
+                "detail-type": "job.progress",
+                "detail": {"eventId": str(uuid.uuid4()), "clinicId": clinic, "jobId": job},
+            }
+        )
+    )
+    assert str(event.clinic_id) == clinic and event.detail["jobId"] == job
 
 
 signature_headers = (

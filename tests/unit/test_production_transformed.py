@@ -28,9 +28,9 @@ def functions(template: Template) -> dict[str, dict[str, Any]]:
 
 
 def reaches_database(properties: dict[str, Any]) -> bool:
-    """Its environment names the database (the secret, or a URL)."""
+    """Its environment names the database (the secret, or a URL; an empty value names none)."""
     variables = (properties.get("Environment") or {}).get("Variables") or {}
-    return "DATABASE_SECRET_ARN" in variables or "DATABASE_URL" in variables
+    return bool(variables.get("DATABASE_SECRET_ARN") or variables.get("DATABASE_URL"))
 
 
 def branch(value: Any, condition: str, which: bool) -> Any:
@@ -314,12 +314,12 @@ def test_the_budget_check_catches_a_function_without_a_share_and_an_overdrawn_bu
         new["Properties"]["ReservedConcurrentExecutions"] = {
             "Fn::FindInMap": ["ConnectionBudget", {"Ref": "DatabaseConnectionBudget"}, "NewWorker"]
         }
-        t["Mappings"]["ConnectionBudget"]["16"]["NotifyWorker"] = 5
+        t["Mappings"]["ConnectionBudget"]["20"]["NotifyWorker"] = 5
 
     problems = budget_problems(broken(transformed, overdraw))
     # Then both are named
-    assert "NewWorker has no share in ConnectionBudget 16" in problems
-    assert "budget 16: the functions can hold 19 connections" in problems
+    assert "NewWorker has no share in ConnectionBudget 20" in problems
+    assert "budget 20: the functions can hold 22 connections" in problems
 
 
 def test_the_budget_check_catches_a_worker_past_its_share_or_the_api_without_the_limit(
@@ -332,8 +332,8 @@ def test_the_budget_check_catches_a_worker_past_its_share_or_the_api_without_the
 
     problems = budget_problems(broken(transformed, widen))
     # Then the worker is named, and the API's ceiling is no longer covered by the database
-    assert "LlmWorker: 50 environments hold more than its share 2 of budget 16" in problems
-    assert "ApiFunction: 9 environments hold more than its share 3 of budget 16" in problems
+    assert "LlmWorker: 50 environments hold more than its share 2 of budget 20" in problems
+    assert "ApiFunction: 9 environments hold more than its share 3 of budget 20" in problems
 
 
 def test_the_network_and_database_checks_catch_what_they_promise(transformed: Template) -> None:

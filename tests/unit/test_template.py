@@ -25,6 +25,7 @@ from local.template import (
     local_parameters,
     validate_schedule_expression,
 )
+from local.websocket_api import websocket_apis
 
 Template = dict[str, Any]
 INTERPRETER_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -535,6 +536,13 @@ def custom_resource_of(template: Template, function_id: str) -> str | None:
 def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Template) -> None:
     # Given each function and events/<its code folder>.json
     stack = Provisioned(template=template, parameters=local_parameters(template))
+    websocket_routes: dict[str, set[str]] = {}
+    websocket_authorizers: dict[str, tuple[str, ...]] = {}
+    for api in websocket_apis(stack):
+        for route in api.routes.values():
+            websocket_routes.setdefault(route.function, set()).add(route.key)
+            if route.authorizer_function is not None:
+                websocket_authorizers[route.authorizer_function] = route.identity_source
     for function_id, function in resources(template, "AWS::Serverless::Function").items():
         event = sample_event(function_id, template)
         kinds = {e["Type"] for e in (function["Properties"].get("Events") or {}).values()}
@@ -553,6 +561,17 @@ def test_every_function_has_a_sample_event_shaped_like_its_trigger(template: Tem
             assert event["RequestType"] in {"Create", "Update", "Delete"}
             assert {"ResponseURL", "StackId", "RequestId", "LogicalResourceId"} <= set(event)
             assert event["LogicalResourceId"] == custom_resource_of(template, function_id)
+        elif function_id in websocket_routes:
+            # A WebSocket route's function: API Gateway's event for one of its routes
+            context = event["requestContext"]
+            assert context["routeKey"] in websocket_routes[function_id]
+            assert {"connectionId", "eventType", "stage", "apiId"} <= set(context)
+        elif function_id in websocket_authorizers:
+            # A WebSocket REQUEST authorizer: the handshake's identity sources and methodArn
+            assert event["type"] == "REQUEST"
+            assert event["methodArn"].endswith("/$connect")
+            for source in websocket_authorizers[function_id]:
+                assert source.rsplit(".", 1)[-1] in event["queryStringParameters"]
         elif "Schedule" in kinds:
             inputs = [
                 json.loads(e["Properties"]["Input"])

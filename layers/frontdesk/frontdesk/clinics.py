@@ -49,12 +49,13 @@ def create_clinic(
 
 
 def clinic_for_form_key(db: Database, form_key: str) -> UUID:
-    with transaction(db) as cur:
-        cur.execute(
+    # One statement, so no transaction around it (BEGIN and COMMIT would be two more round
+    # trips on every web form's POST): the connection is in autocommit mode.
+    with db.connection() as conn:
+        row = conn.execute(
             "SELECT id FROM clinics WHERE form_key_hash = %(hash)s",
             {"hash": hash_form_key(form_key)},
-        )
-        row = cur.fetchone()
+        ).fetchone()
     if row is None:
         raise Unauthorized("unknown form key")
     clinic_id: UUID = row["id"]

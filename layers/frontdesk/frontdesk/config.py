@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     notifications_dlq_url: str = ""
     llm_dlq_url: str = ""
     sync_dlq_url: str = ""
+    push_dlq_url: str = ""
+
+    # Live screens: the push queue (domain events from the bus) and the WebSocket API's
+    # @connections endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage}).
+    push_queue_url: str = ""
+    websocket_management_url: str = ""
+    # How long one PostToConnection may take (a slow browser never holds up the others).
+    push_post_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
     # The queues' maxReceiveCount (template.yaml): the attempt after which a message is
     # dead-lettered, so the worker can mark its job dead on that last attempt.
@@ -217,6 +225,7 @@ class Settings(BaseSettings):
             "notifications": self.notifications_queue_url,
             "llm": self.llm_queue_url,
             "sync": self.sync_queue_url,
+            "push": self.push_queue_url,
         }
 
     def dead_letter_queues(self) -> dict[str, tuple[str, str]]:

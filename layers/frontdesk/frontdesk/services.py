@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from frontdesk.platform.idempotency import IdempotencyRequest
     from frontdesk.platform.outbox import Publisher
     from frontdesk.platform.unit_of_work import UnitOfWork
+    from frontdesk.tokens import TokenVerifier
 
 T = TypeVar("T")
 SERVICE_NAMES = frozenset(
@@ -48,6 +49,8 @@ SERVICE_NAMES = frozenset(
         "mailer",
         "sms",
         "chat_model",
+        "tokens",
+        "websocket_management",
         "known_clinics",
     }
 )
@@ -218,6 +221,31 @@ class Services:
             return model_from_settings(self.settings, self.aws)
 
         return self._once("chat_model", build)
+
+    @property
+    def websocket_management(self) -> Any:
+        """The WebSocket API's @connections client: one attempt per post, with the push
+        timeout, so a slow browser's post fails alone (and is retried with its event)."""
+
+        def build() -> Any:
+            from frontdesk.platform.aws import Aws
+
+            timeout = self.settings.push_post_timeout_seconds
+            aws = Aws(self.settings, connect_timeout=timeout, read_timeout=timeout, max_attempts=1)
+            return aws.client(
+                "apigatewaymanagementapi", endpoint_url=self.settings.websocket_management_url
+            )
+
+        return self._once("websocket_management", build)
+
+    @property
+    def tokens(self) -> TokenVerifier:
+        def build() -> TokenVerifier:
+            from frontdesk.tokens import TokenVerifier
+
+            return TokenVerifier(self.settings)
+
+        return self._once("tokens", build)
 
     @property
     def known_clinics(self) -> KnownClinics:

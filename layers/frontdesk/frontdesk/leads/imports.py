@@ -274,11 +274,11 @@ def run(
     "continued" (time ran short: a continuation message was committed), "busy" (another
     worker moved the resume point) or "already_done"."""
     db = services.database
-    with transaction(db) as cur:
-        started = jobs.start_attempt(cur, job_id)
+    with services.unit_of_work() as uow:
+        started = jobs.start_attempt(uow.cur, job_id)
         if started is None or started["clinic_id"] != clinic_id:
             return "already_done"
-        state = _state(cur, job_id)
+        state = _state(uow.cur, job_id)
     slowest = 0.0
     window_bytes = chunk_bytes
     while True:

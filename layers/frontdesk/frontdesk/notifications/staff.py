@@ -14,18 +14,20 @@ is kept as short as one transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from frontdesk.notifications.channels import (
     Email,
-    Mailer,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from frontdesk.platform import jobs
-from frontdesk.platform.db import Cursor, Database, transaction
+from frontdesk.platform.db import Cursor
 from frontdesk.platform.queues import JobMessage
+
+if TYPE_CHECKING:
+    from frontdesk.services import Services
 
 _CLAIM_SECONDS = 120  # longer than NotifyWorker's timeout, shorter than the visibility timeout
 
@@ -34,8 +36,7 @@ DeliveryOutcome = Literal["sent", "already_done", "failed"]
 
 
 def deliver_batch(
-    db: Database,
-    mailer: Mailer,
+    services: Services,
     messages: Mapping[str, JobMessage],
     *,
     sender: str,
@@ -57,8 +58,9 @@ def deliver_batch(
     if not first_of_job:
         return results
 
-    with transaction(db) as cur:
-        claimed, done, busy = _start_and_claim(cur, first_of_job, messages)
+    # Units of work: the jobs' changes are events for the screens that follow them.
+    with services.unit_of_work() as uow:
+        claimed, done, busy = _start_and_claim(uow.cur, first_of_job, messages)
     for job_id in done:
         results[first_of_job[job_id]] = "already_done"
     for job_id in busy:
@@ -70,10 +72,10 @@ def deliver_batch(
 
     job_ids = list(claimed)
     emails = [claimed[job_id] for job_id in job_ids]
-    sent = mailer.send_templated(sender=sender, template=template, emails=emails)
+    sent = services.mailer.send_templated(sender=sender, template=template, emails=emails)
 
-    with transaction(db) as cur:
-        _record(cur, job_ids, sent, {first_of_job[j]: j for j in job_ids}, last_attempts)
+    with services.unit_of_work() as uow:
+        _record(uow.cur, job_ids, sent, {first_of_job[j]: j for j in job_ids}, last_attempts)
     for job_id, outcome in zip(job_ids, sent, strict=True):
         message_id = first_of_job[job_id]
         if isinstance(outcome, TransientDeliveryError):

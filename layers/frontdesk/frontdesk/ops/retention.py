@@ -8,7 +8,9 @@ them, on Housekeeping's hourly run. One setting per table (RETENTION_*):
 - `assistant_usage`: day rows older than RETENTION_ASSISTANT_USAGE_DAYS, minute rows after
   an hour;
 - `lead_import_parts`: files of imports whose job ended more than
-  RETENTION_IMPORT_PARTS_DAYS ago.
+  RETENTION_IMPORT_PARTS_DAYS ago;
+- `websocket_connections`: connections API Gateway has closed by now (past their 2 hours)
+  without telling us (a `$disconnect` can be lost).
 
 Each table is deleted from in bounded batches, one short transaction each, until nothing is
 left or the run's time is up (the next run goes on). The same run encrypts the assistant's
@@ -27,6 +29,7 @@ from frontdesk.leads import imports
 from frontdesk.platform import idempotency, outbox
 from frontdesk.platform.crypto import EnvelopeCipher
 from frontdesk.platform.db import Database
+from frontdesk.push import connections
 from frontdesk.sync import webhooks
 
 # Rows per statement; parts are up to 1 MiB each, so fewer of them at once.
@@ -87,6 +90,10 @@ def run(
                 db, older_than_days=policy.import_parts_days, limit=n
             ),
             _PART_BATCH,
+        ),
+        "websocket_connections": (
+            lambda n: connections.forget_expired(db, limit=n),
+            _BATCH,
         ),
         "encrypted_plaintext": (
             lambda n: conversations.encrypt_plaintext(db, cipher, limit=n),

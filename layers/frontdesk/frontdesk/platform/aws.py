@@ -38,9 +38,11 @@ class Aws:
         # Creating clients is not thread-safe in boto3; the local server has threads.
         self._lock = threading.Lock()
 
-    def client(self, service: str) -> Any:
-        """The container's client for `service`, created on first use."""
-        client = self._clients.get(service)
+    def client(self, service: str, endpoint_url: str | None = None) -> Any:
+        """The container's client for `service`, created on first use; `endpoint_url` for a
+        service reached at an address of its own (an API's @connections endpoint)."""
+        key = service if endpoint_url is None else f"{service} {endpoint_url}"
+        client = self._clients.get(key)
         if client is not None:
             return client
         from botocore.config import Config
@@ -52,19 +54,19 @@ class Aws:
             retries={"max_attempts": self._max_attempts, "mode": "standard"},
         )
         with self._lock:
-            if service not in self._clients:
+            if key not in self._clients:
                 if self._session is None:
                     import boto3
 
                     # One session: its clients share loaded models and credentials.
                     self._session = boto3.session.Session()
-                self._clients[service] = self._session.client(
+                self._clients[key] = self._session.client(
                     service,
                     region_name=settings.aws_region,
-                    endpoint_url=settings.aws_endpoint_url,
+                    endpoint_url=endpoint_url or settings.aws_endpoint_url,
                     config=config,
                 )
-            return self._clients[service]
+            return self._clients[key]
 
     def secret(self, secret_id: str, max_age_seconds: float = SECRET_MAX_AGE_SECONDS) -> str:
         """A Secrets Manager secret's string, cached for `max_age_seconds`."""

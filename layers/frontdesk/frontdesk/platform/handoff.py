@@ -8,8 +8,10 @@ So nobody waits for it:
   ids are kept until the handler has its answer. In Lambda an internal extension
   (frontdesk.platform.extension) relays them after the runtime has sent the response: the
   environment stays in its invoke phase until the extension asks for its next event, so the
-  work really happens, and the client never waits for it. Without the extension (in-process
-  tests, a worker, the extension thread gone) they are relayed as the invocation ends.
+  work really happens, and the client never waits for it. Without the extension (a worker,
+  in-process tests, the extension thread gone) they are relayed as the invocation ends, and
+  along the way at most every `FLUSH_SECONDS`: a worker has no caller waiting, and a long
+  job's progress events should reach the screens while it runs, not when it ends.
 - outside any invocation (scripts, the local runtime's seeding) they are relayed at once.
 - `RelayNow(relay)` relays at once inside an invocation too: for events worth something only
   while fresh (a streamed reply's deltas, sent between chunks of the model's answer rather
@@ -37,11 +39,17 @@ if TYPE_CHECKING:
     from frontdesk.platform.outbox import Publisher
 
 
+# Without the after-response extension, an invocation's ids are relayed as they commit, at
+# most this often (a batch of quick records is relayed once, at its end).
+FLUSH_SECONDS = 0.25
+
+
 @dataclass
 class Invocation:
-    """The outbox ids the current invocation committed, in order."""
+    """The outbox ids the current invocation committed and has not relayed yet, in order."""
 
     outbox_ids: list[int] = field(default_factory=list)
+    last_relay: float = field(default_factory=lambda: time.monotonic())
 
 
 _current: ContextVar[Invocation | None] = ContextVar("frontdesk_invocation", default=None)
@@ -63,8 +71,13 @@ class Relay:
         invocation = _current.get()
         if invocation is None:
             self.relay(list(outbox_ids))
-        else:
-            invocation.outbox_ids.extend(outbox_ids)
+            return
+        invocation.outbox_ids.extend(outbox_ids)
+        now = time.monotonic()
+        if self._after_response is None and now - invocation.last_relay >= FLUSH_SECONDS:
+            ids, invocation.outbox_ids = invocation.outbox_ids, []
+            invocation.last_relay = now
+            self.relay(ids)
 
     def relay(self, outbox_ids: list[int]) -> outbox.RelayResult:
         """Relay now, within the budget. Never raises."""

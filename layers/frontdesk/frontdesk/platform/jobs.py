@@ -180,28 +180,27 @@ def errors_of(cur: Cursor, job_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]
     return {row["id"]: dict(row) for row in cur.fetchall()}
 
 
-def cancel_job(db: Database, *, clinic_id: UUID, job_id: UUID) -> JobOut:
-    """Cancel a queued or running job of this clinic. Its worker finds it cancelled and does
-    nothing (a running one's result is discarded). NotFound for other clinics' ids, Conflict
-    when the job has already ended."""
-    with transaction(db) as cur:
+def cancel_job(cur: Cursor, *, clinic_id: UUID, job_id: UUID) -> JobOut:
+    """Cancel a queued or running job of this clinic (in a unit of work: the change is an
+    event). Its worker finds it cancelled and does nothing (a running one's result is
+    discarded). NotFound for other clinics' ids, Conflict when the job has already ended."""
+    cur.execute(
+        f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
+            WHERE id = %(id)s AND clinic_id = %(clinic_id)s
+              AND status IN ('queued', 'running')
+            RETURNING {_PUBLIC_COLUMNS}""",
+        {"id": job_id, "clinic_id": clinic_id},
+    )
+    row = cur.fetchone()
+    if row is None:
         cur.execute(
-            f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now()
-                WHERE id = %(id)s AND clinic_id = %(clinic_id)s
-                  AND status IN ('queued', 'running')
-                RETURNING {_PUBLIC_COLUMNS}""",
+            "SELECT status FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
             {"id": job_id, "clinic_id": clinic_id},
         )
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(
-                "SELECT status FROM jobs WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
-                {"id": job_id, "clinic_id": clinic_id},
-            )
-            existing = cur.fetchone()
-            if existing is None:
-                raise NotFound(f"job {job_id} not found")
-            raise Conflict(f"job {job_id} has already ended ({existing['status']})")
+        existing = cur.fetchone()
+        if existing is None:
+            raise NotFound(f"job {job_id} not found")
+        raise Conflict(f"job {job_id} has already ended ({existing['status']})")
     return JobOut.model_validate(row)
 
 

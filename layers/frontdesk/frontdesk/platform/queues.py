@@ -16,7 +16,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from frontdesk.errors import PermanentMessageError
 
@@ -27,6 +35,7 @@ class Queue(StrEnum):
     NOTIFICATIONS = "notifications"
     LLM = "llm"
     SYNC = "sync"
+    PUSH = "push"
 
     @property
     def label(self) -> str:
@@ -66,6 +75,10 @@ class EventType(StrEnum):
     APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
     APPOINTMENT_CANCELLED = "appointment.cancelled"
     LEAD_IMPORT_COMPLETED = "lead_import.completed"
+    # Written by the jobs table's trigger on every change of a job's status or progress.
+    JOB_PROGRESS = "job.progress"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
     # The assistant's reply as it streams, then its end (frontdesk.assistant.reply_events:
     # the text travels encrypted).
     ASSISTANT_REPLY_DELTA = "assistant.reply.delta"
@@ -127,7 +140,29 @@ class AppointmentEvent(BaseModel):
     detail: AppointmentDetail
 
 
-type QueueMessage = JobMessage | ReminderMessage | AppointmentEvent
+class BusEvent(BaseModel):
+    """A domain event as an EventBridge rule's SQS target delivers it: the envelope, and the
+    detail every event carries (its stable eventId and its clinic) besides its own fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    source: Literal["frontdesk"]
+    detail_type: EventType = Field(alias="detail-type")
+    detail: dict[str, Any]
+    event_id: UUID = Field(alias="eventId")
+    clinic_id: UUID = Field(alias="clinicId")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_from_detail(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("detail"), dict):
+            detail = data["detail"]
+            return {**data, "eventId": detail.get("eventId"), "clinicId": detail.get("clinicId")}
+        return data
+
+
+type QueueMessage = JobMessage | ReminderMessage | AppointmentEvent | BusEvent
 
 
 def validation_reasons(exc: ValidationError) -> str:
@@ -161,10 +196,15 @@ _NOTIFICATIONS: TypeAdapter[JobMessage | ReminderMessage] = TypeAdapter(
     Annotated[_jobs_of(Queue.NOTIFICATIONS) | ReminderMessage, Field(discriminator="kind")]
 )
 _JOB_MESSAGES = {queue: _jobs_of(queue) for queue in (Queue.LLM, Queue.SYNC)}
+# The push queue carries the domain events a rule routes to it, nothing else.
+_EVENTS: dict[Queue, type[BaseModel]] = {Queue.PUSH: BusEvent}
 
 
 def parse(queue: Queue, body: str) -> QueueMessage:
     """A body of `queue` as its typed message; PermanentMessageError when malformed."""
+    if queue in _EVENTS:
+        event: BusEvent = parse_model(BusEvent, body, queue.label)
+        return event
     if queue is not Queue.NOTIFICATIONS:
         return parse_model(_JOB_MESSAGES[queue], body, queue.label)
     try:

@@ -11,6 +11,8 @@ messages and events are outbox rows in the same transaction, so they commit with
 or not at all. `run` records the result under the Idempotency-Key in the same transaction,
 and returns the stored result, writing nothing, when the key was used before.
 
+Rows the transaction wrote through triggers (every change of a job's status or progress
+publishes a job event) are collected before the commit and handed off with the others.
 After the commit, and only then, the outbox rows go to the hand-off, which relays them to
 SQS and EventBridge (after the response, where the runtime allows it); the OutboxSweeper
 sends whatever it could not. Nothing else calls the relay.
@@ -92,14 +94,27 @@ class UnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._cur = self._stack, None, None
-        assert stack is not None
+        stack, cur = self._stack, self._cur
+        assert stack is not None and cur is not None
+        if exc_type is None:
+            self._collect_triggered(cur)
+        self._stack, self._cur = None, None
         # Commits (or rolls back, and converts driver errors) on the way out; never
         # swallows an error.
         stack.__exit__(exc_type, exc, traceback)
         if exc_type is None and self._outbox_ids:
             ids, self._outbox_ids = self._outbox_ids, []
             self._handoff.submit(ids)
+
+    def _collect_triggered(self, cur: Cursor) -> None:
+        """Outbox rows this transaction wrote through triggers (a job's status or progress,
+        frontdesk.platform.jobs) join the hand-off with the ones added here."""
+        cur.execute(
+            """SELECT id FROM outbox
+               WHERE sent_at IS NULL AND xmin = pg_current_xact_id_if_assigned()::xid"""
+        )
+        known = set(self._outbox_ids)
+        self._outbox_ids += [int(r["id"]) for r in cur.fetchall() if int(r["id"]) not in known]
 
     # ------------------------------------------------------------ idempotency
 

@@ -150,18 +150,19 @@ def adapter_of(account: provider_accounts.SyncAccount, policy: CallPolicy) -> Pr
 def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id: UUID) -> str:
     """Fetch the job's items from the provider and upsert them. Returns the outcome."""
     db = services.database
-    with transaction(db) as cur:
-        job = jobs.start_attempt(cur, job_id)
+    with services.unit_of_work() as uow:
+        job = jobs.start_attempt(uow.cur, job_id)
     if job is None or job["clinic_id"] != clinic_id:
         return "already_done"
+    rid = job["request_id"]
     payload = job["payload"]
     account_id = UUID(payload["accountId"])
     account = provider_accounts.sync_account(
         db, services.cipher, account_id=account_id, clinic_id=clinic_id
     )
     if account is None or account.status == "disabled":
-        with transaction(db) as cur:
-            jobs.finish(cur, job_id, status="failed", error="the provider account is gone")
+        with services.unit_of_work(request_id=rid) as uow:
+            jobs.finish(uow.cur, job_id, status="failed", error="the provider account is gone")
         return "failed"
     items: list[dict[str, str]] = payload["items"]
     counts = dict.fromkeys(("created", "updated", "unchanged", "gone", "invalid"), 0)
@@ -184,9 +185,9 @@ def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id
                 counts["gone"] += 1
                 continue
             except ProviderRejected as exc:
-                with transaction(db) as cur:
-                    provider_accounts.record_error(cur, account_id, str(exc))
-                    jobs.finish(cur, job_id, status="failed", error=str(exc))
+                with services.unit_of_work(request_id=rid) as uow:
+                    provider_accounts.record_error(uow.cur, account_id, str(exc))
+                    jobs.finish(uow.cur, job_id, status="failed", error=str(exc))
                 return "failed"
             if isinstance(answer, ProviderBooking):
                 booking = _external_booking(answer)
@@ -201,7 +202,7 @@ def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id
                 counts["invalid"] += 1  # the provider's data breaks our rules: skip it
                 continue
             fetched.append(external)
-        with services.unit_of_work(request_id=job["request_id"]) as uow:
+        with services.unit_of_work(request_id=rid) as uow:
             outcome = upsert_leads(
                 uow,
                 services.cipher,
@@ -238,8 +239,8 @@ def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id
         "skippedBookings": skipped,
         "retries": caller.retries,
     }
-    with transaction(db) as cur:
-        jobs.finish(cur, job_id, status="succeeded", result=result)
+    with services.unit_of_work(request_id=rid) as uow:
+        jobs.finish(uow.cur, job_id, status="succeeded", result=result)
     return "succeeded"
 
 
@@ -303,27 +304,28 @@ def _external(lead: ProviderLead) -> ExternalLead | None:
 def run_validate(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id: UUID) -> str:
     """Check saved credentials against the provider; the account's status shows the answer."""
     db = services.database
-    with transaction(db) as cur:
-        job = jobs.start_attempt(cur, job_id)
+    with services.unit_of_work() as uow:
+        job = jobs.start_attempt(uow.cur, job_id)
     if job is None or job["clinic_id"] != clinic_id:
         return "already_done"
+    rid = job["request_id"]
     account_id = UUID(job["payload"]["accountId"])
     account = provider_accounts.sync_account(
         db, services.cipher, account_id=account_id, clinic_id=clinic_id
     )
     if account is None:
-        with transaction(db) as cur:
-            jobs.finish(cur, job_id, status="failed", error="the provider account is gone")
+        with services.unit_of_work(request_id=rid) as uow:
+            jobs.finish(uow.cur, job_id, status="failed", error="the provider account is gone")
         return "failed"
     caller = ProviderCaller(db, account_id, policy)
     try:
         caller.call(adapter_of(account, policy).validate)
     except ProviderError as exc:  # rejected (unavailable/rate limited became transient)
-        with transaction(db) as cur:
-            provider_accounts.set_status(cur, account_id, "invalid", str(exc))
-            jobs.finish(cur, job_id, status="failed", error=str(exc))
+        with services.unit_of_work(request_id=rid) as uow:
+            provider_accounts.set_status(uow.cur, account_id, "invalid", str(exc))
+            jobs.finish(uow.cur, job_id, status="failed", error=str(exc))
         return "failed"
-    with transaction(db) as cur:
-        provider_accounts.set_status(cur, account_id, "active", None)
-        jobs.finish(cur, job_id, status="succeeded", result={"status": "active"})
+    with services.unit_of_work(request_id=rid) as uow:
+        provider_accounts.set_status(uow.cur, account_id, "active", None)
+        jobs.finish(uow.cur, job_id, status="succeeded", result={"status": "active"})
     return "succeeded"

@@ -1,10 +1,9 @@
 """Who is calling: staff (JWT claims) or a public web form (a clinic's form key).
 
 In AWS the HTTP API's JWT authorizer has verified the token before the function runs and
-passes its claims in the event; the function trusts those and nothing else. The local
-runtime has no API Gateway, so there (and only when LOCAL_JWT_SECRET is set) the token is
-verified here with HS256, as strictly as API Gateway's JWT authorizer: issuer, audience and
-an `exp` in the future required; `iat` and `nbf`, when present, numbers not in the future.
+passes its claims in the event; the function trusts those and nothing else. Without API
+Gateway in front (an app served in process, only when LOCAL_JWT_SECRET is set) the token is
+verified here (frontdesk.tokens), as strictly as API Gateway's JWT authorizer.
 
 A token's clinic must exist (403 otherwise, on every route): it is looked up once per
 container and clinic (`Services.known_clinics`), not on every request.
@@ -20,7 +19,6 @@ caller already resolved on the request.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -31,13 +29,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.concurrency import run_in_threadpool
 
 from frontdesk.clinics import clinic_for_form_key
-from frontdesk.config import Settings
 from frontdesk.errors import Forbidden, Unauthorized
-from frontdesk.services import Services, get_services
-
-# Clock skew tolerated in exp, iat and nbf (as the local gateway's authorizer).
-TOKEN_LEEWAY_SECONDS = 5
-_TIME_CLAIMS = ("exp", "iat", "nbf")
+from frontdesk.services import Services
+from frontdesk.tokens import Principal, principal_of
+from frontdesk.web.context import ServicesDep, container_services
 
 bearer = HTTPBearer(auto_error=False, description="A staff JWT naming the clinic")
 form_key_header = APIKeyHeader(
@@ -45,15 +40,8 @@ form_key_header = APIKeyHeader(
 )
 
 
-@dataclass(frozen=True)
-class Principal:
-    clinic_id: UUID
-    subject: str
-    roles: frozenset[str]
-
-
 def _claims(
-    request: Request, credentials: HTTPAuthorizationCredentials | None, settings: Settings
+    request: Request, credentials: HTTPAuthorizationCredentials | None, services: Services
 ) -> dict[str, Any]:
     event = request.scope.get("aws.event")
     if isinstance(event, dict):
@@ -61,63 +49,25 @@ def _claims(
         if not isinstance(claims, dict):
             raise Unauthorized("a staff token is required")
         return claims
-    if settings.local_jwt_secret is None or credentials is None:
+    if services.settings.local_jwt_secret is None or credentials is None:
         raise Unauthorized("a staff token is required")
-    import jwt  # the local runtime only
-
-    try:
-        decoded: dict[str, Any] = jwt.decode(
-            credentials.credentials,
-            settings.local_jwt_secret.get_secret_value(),
-            algorithms=["HS256"],
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            leeway=TOKEN_LEEWAY_SECONDS,
-            # As API Gateway's JWT authorizer: exp is required; iat and nbf, when present,
-            # must not be in the future (PyJWT checks both).
-            options={"require": ["exp", "iss", "aud"]},
-        )
-    except jwt.PyJWTError as exc:
-        raise Unauthorized(f"the staff token is not valid ({type(exc).__name__})") from None
-    for name in _TIME_CLAIMS:
-        # RFC 7519 NumericDate: a JSON number (PyJWT would also take "123" or true).
-        value = decoded.get(name)
-        if name in decoded and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise Unauthorized(f"the staff token is not valid ({name} is not a number)")
-    return decoded
+    return services.tokens.verify(credentials.credentials)
 
 
-def _roles(value: Any) -> frozenset[str]:
-    # API Gateway flattens array claims to "[a b]"; a locally decoded token keeps the list.
-    if isinstance(value, list):
-        return frozenset(str(v) for v in value)
-    if isinstance(value, str):
-        return frozenset(value.strip("[]").replace(",", " ").split())
-    return frozenset()
-
-
-def staff(
+async def staff(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> Principal:
-    """The staff member calling, from their token; their clinic must exist."""
+    """The staff member calling, from their token; their clinic must exist. `async`: the
+    clinic's lookup is a query only once per container and clinic (Services.known_clinics),
+    and a Lambda environment serves one request at a time."""
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
         return known
-    settings = services.settings
-    claims = _claims(request, credentials, settings)
-    try:
-        clinic_id = UUID(str(claims.get(settings.tenant_claim, "")))
-    except ValueError:
-        raise Forbidden("the token names no clinic") from None
-    if not services.known_clinics.exists(clinic_id):
+    principal = principal_of(_claims(request, credentials, services), services.settings)
+    if not services.known_clinics.exists(principal.clinic_id):
         raise Forbidden("the token names no clinic")
-    principal = Principal(
-        clinic_id=clinic_id,
-        subject=str(claims.get("sub", "")),
-        roles=_roles(claims.get(settings.roles_claim)),
-    )
     request.state.principal = principal
     return principal
 
@@ -125,9 +75,10 @@ def staff(
 def form_clinic(
     request: Request,
     form_key: Annotated[str | None, Depends(form_key_header)],
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
 ) -> UUID:
-    """The clinic whose public web form is posting (its X-Form-Key)."""
+    """The clinic whose public web form is posting (its X-Form-Key). `def`: the lookup is a
+    query (FastAPI runs it in a worker thread)."""
     known: UUID | None = getattr(request.state, "form_clinic", None)
     if known is not None:
         return known
@@ -146,14 +97,14 @@ ADMIN_ROLE = "admin"
 OPERATOR_ROLE = "operator"
 
 
-def admin(principal: Staff) -> Principal:
+async def admin(principal: Staff) -> Principal:
     """Staff holding their clinic's admin role (provider accounts)."""
     if ADMIN_ROLE not in principal.roles:
         raise Forbidden("this route needs the admin role")
     return principal
 
 
-def operator(principal: Staff) -> Principal:
+async def operator(principal: Staff) -> Principal:
     """The platform's operators: queues and dead letters are shared by every clinic, so a
     clinic's admin role is not enough to see or replay them."""
     if OPERATOR_ROLE not in principal.roles:
@@ -177,19 +128,19 @@ def _guards_of(dependant: Dependant) -> frozenset[Callable[..., Any]]:
 
 
 async def check_caller(request: Request, guards: frozenset[Callable[..., Any]]) -> None:
-    """Run `guards` for this request (the database lookups off the event loop); their
+    """Run `guards` for this request (the form key's query off the event loop); their
     answers stay on the request for the route's dependencies."""
-    services = get_services()
+    services = await container_services()
     if form_clinic in guards:
         form_key = await form_key_header(request)
         await run_in_threadpool(form_clinic, request, form_key, services)
     if guards & {staff, admin, operator}:
         credentials = await bearer(request)
-        principal = await run_in_threadpool(staff, request, credentials, services)
+        principal = await staff(request, credentials, services)
         if admin in guards:
-            admin(principal)
+            await admin(principal)
         if operator in guards:
-            operator(principal)
+            await operator(principal)
 
 
 class GuardedRoute(APIRoute):

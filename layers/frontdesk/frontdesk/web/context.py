@@ -98,14 +98,25 @@ class WriteContext(WebContext):
         return done.value
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+# FastAPI runs a `def` dependency in a worker thread: a thread hop each (and under Mangum a
+# new worker thread per invocation, as anyio ends its workers with the invocation's task).
+# The dependencies here do no I/O, so they are `async def` and run on the event loop; what
+# does I/O (the form key's lookup, the routes) stays `def`.
 
 
-def web_context(request: Request, response: Response, services: ServicesDep) -> WebContext:
+async def container_services() -> Services:
+    """The container's services, as a dependency."""
+    return get_services()
+
+
+ServicesDep = Annotated[Services, Depends(container_services)]
+
+
+async def web_context(request: Request, response: Response, services: ServicesDep) -> WebContext:
     return WebContext(request, response, services)
 
 
-def write_context(
+async def write_context(
     request: Request,
     response: Response,
     services: ServicesDep,

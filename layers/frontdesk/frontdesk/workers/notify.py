@@ -14,7 +14,13 @@ from typing import Any
 from frontdesk.entry import lambda_handler
 from frontdesk.notifications import patients, staff
 from frontdesk.notifications.patients import PatientNotice
-from frontdesk.platform.queues import JobMessage, Queue, QueueMessage
+from frontdesk.platform.queues import (
+    AppointmentEvent,
+    JobMessage,
+    Queue,
+    QueueMessage,
+    ReminderMessage,
+)
 from frontdesk.services import get_services
 from frontdesk.workers.records import Item, QueueWorker, RecordOutcome
 
@@ -37,13 +43,12 @@ def deliver(
     for item in items:
         if isinstance(item.message, JobMessage):
             jobs[item.context.message_id] = item.message
-        else:
+        elif isinstance(item.message, AppointmentEvent | ReminderMessage):
             notices[item.context.message_id] = PatientNotice.of(item.message)
     last_attempts = frozenset(i.context.message_id for i in items if i.context.is_last_attempt)
     outcomes: dict[str, RecordOutcome] = dict(
         staff.deliver_batch(
-            services.database,
-            services.mailer,
+            services,
             jobs,
             sender=settings.sender_email,
             template=settings.new_lead_email_template,
@@ -68,7 +73,9 @@ def deliver(
 def describe(message: QueueMessage) -> dict[str, Any]:
     if isinstance(message, JobMessage):
         return {"job_id": str(message.job_id)}
-    return {"notification_id": PatientNotice.of(message).notification_id}
+    if isinstance(message, AppointmentEvent | ReminderMessage):
+        return {"notification_id": PatientNotice.of(message).notification_id}
+    return {}
 
 
 worker = QueueWorker("Notify", Queue.NOTIFICATIONS, deliver, "notification", describe)

@@ -14,7 +14,6 @@ from frontdesk.config import Settings
 from frontdesk.entry import lambda_handler
 from frontdesk.leads import imports
 from frontdesk.platform import jobs
-from frontdesk.platform.db import transaction
 from frontdesk.platform.queues import JobKind, JobMessage, Queue
 from frontdesk.services import get_services
 from frontdesk.sync.egress import Egress
@@ -73,11 +72,11 @@ def run(item: Item[JobMessage], lambda_context: Any) -> str:
         if outcome == "busy":
             raise TransientSyncError("another worker holds this import")
     except TransientSyncError as exc:
-        with transaction(services.database) as cur:
+        with services.unit_of_work() as uow:
             if item.context.is_last_attempt:
-                jobs.finish(cur, message.job_id, status="dead", error=str(exc))
+                jobs.finish(uow.cur, message.job_id, status="dead", error=str(exc))
             else:
-                jobs.record_error(cur, message.job_id, str(exc))
+                jobs.record_error(uow.cur, message.job_id, str(exc))
         raise Retry(str(exc)) from exc
     return outcome
 

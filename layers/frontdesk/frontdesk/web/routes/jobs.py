@@ -15,7 +15,7 @@ from frontdesk.web.http import ERROR_RESPONSES, Envelope
 router = APIRouter(route_class=GuardedRoute, tags=["jobs"], responses=ERROR_RESPONSES)
 
 
-@router.get("/jobs/{job_id}", summary="Web a job's status and progress (staff, own clinic)")
+@router.get("/jobs/{job_id}", summary="Read a job's status and progress (staff, own clinic)")
 def read_job(staff: Staff, job_id: UUID, web: Web) -> Envelope[JobOut]:
     job = jobs.get_job(web.services.database, clinic_id=staff.clinic_id, job_id=job_id)
     return web.ok(job, "getJob", "job", [job_id])
@@ -27,5 +27,6 @@ def read_job(staff: Staff, job_id: UUID, web: Web) -> Envelope[JobOut]:
     responses={409: ERROR_RESPONSES[404]},
 )
 def cancel_job(staff: Staff, job_id: UUID, web: Web) -> Envelope[JobOut]:
-    job = jobs.cancel_job(web.services.database, clinic_id=staff.clinic_id, job_id=job_id)
+    with web.services.unit_of_work(request_id=web.request_id) as uow:
+        job = jobs.cancel_job(uow.cur, clinic_id=staff.clinic_id, job_id=job_id)
     return web.ok(job, "cancelJob", "job", [job_id])
