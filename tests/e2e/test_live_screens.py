@@ -246,3 +246,46 @@ def forgotten_is_removed(dev: DevProcess, screen: ClientConnection, database_url
                 break
             time.sleep(0.1)
     assert gone is None
+
+
+def test_a_reply_streams_to_the_conversations_screen_and_ends_with_the_stored_text(
+    dev: DevProcess,
+) -> None:
+    api, info = dev.info["apiUrl"], dev.info
+    staff = {"Authorization": f"Bearer {info['staffToken']}"}
+    # Given a conversation (its first reply done) and a screen following it
+    started = httpx.post(
+        f"{api}/assistant/conversations", headers=staff, json={"content": "How many leads?"}
+    )
+    assert started.status_code == 202, started.text
+    conversation = started.json()["data"]["conversationId"]
+    with open_screen(dev, info["staffToken"]) as screen:
+        topic = f"conversation:{conversation}"
+        assert request(screen, {"action": "subscribe", "topics": [topic]})["type"] == "subscribed"
+        # When staff ask the next question
+        asked = httpx.post(
+            f"{api}/assistant/conversations/{conversation}/messages",
+            headers=staff,
+            json={"content": "And how many appointments this week?"},
+        )
+        assert asked.status_code == 202, asked.text
+        reply_id = asked.json()["data"]["id"]
+        # Then the reply arrives in deltas and done (in any order: the queue keeps none), its
+        # text in the clear for this screen
+        deltas: dict[int, str] = {}
+        done: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while not done or "".join(deltas[seq] for seq in sorted(deltas)) != done["content"]:
+            event: dict[str, Any] = json.loads(screen.recv(timeout=deadline - time.monotonic()))
+            detail = event["detail"]
+            if detail.get("replyId") != reply_id:
+                continue
+            assert "encryptedDelta" not in detail and "encryptedContent" not in detail
+            if event["type"] == "assistant.reply.delta":
+                deltas[detail["seq"]] = detail["delta"]
+            elif event["type"] == "assistant.reply.done":
+                done = detail
+    assert done["status"] == "done" and sorted(deltas) == list(range(1, len(deltas) + 1))
+    # And the deltas in order are the reply, as stored
+    stored = httpx.get(f"{api}/assistant/messages/{reply_id}", headers=staff).json()["data"]
+    assert "".join(deltas[seq] for seq in sorted(deltas)) == done["content"] == stored["content"]

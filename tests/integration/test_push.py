@@ -5,11 +5,15 @@ the bus routes them to the push queue."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
+
+import pytest
 
 from frontdesk.platform import jobs
 from frontdesk.platform.queues import JobKind, Queue, parse
 from tests.integration.conftest import App
+from tests.support import LambdaContext, load_handler, sqs_event
 
 
 def pushed(app: App) -> list[Any]:
@@ -71,3 +75,43 @@ def test_a_change_rolled_back_publishes_nothing(app: App) -> None:
         count = conn.execute("SELECT count(*) AS n FROM outbox WHERE target = 'bus'").fetchone()
     assert count is not None and count["n"] == 0
     assert pushed(app) == []
+
+
+def test_a_reply_event_whose_text_is_not_its_own_is_dead_lettered_with_the_reason(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    from frontdesk.assistant import reply_events
+    from frontdesk.services import get_services
+
+    services = get_services()
+    conversation, reply = uuid.uuid4(), uuid.uuid4()
+    # Given a screen following a conversation
+    with services.database.connection() as conn:
+        conn.execute(
+            """INSERT INTO websocket_connections (connection_id, clinic_id, subject, topics)
+               VALUES ('screen=', %s, 'staff', %s)""",
+            (app.clinic_id, [f"conversation:{conversation}"]),
+        )
+    # And a delta whose ciphertext was made for another position of the reply (seq 1 sent
+    # as seq 2: the associated data no longer matches)
+    ref = reply_events.ReplyRef(reply, conversation, app.clinic_id, uuid.uuid4())
+    detail = reply_events.delta(ref, services.cipher.data_key(), attempt=1, seq=1, text="Hi")
+    body = {
+        "id": "e1",
+        "source": "frontdesk",
+        "detail-type": "assistant.reply.delta",
+        "detail": {**detail, "seq": 2, "eventId": str(uuid.uuid4())},
+    }
+    # When PushWorker takes it
+    worker = load_handler("push_worker")
+    event = sqs_event([json.dumps(body)])
+    answer = worker.handler(event, LambdaContext())
+    # Then its record fails as a rejection (dead-lettered after the last receive) with the
+    # reason, and no text of the reply is in the log
+    failed = [f["itemIdentifier"] for f in answer["batchItemFailures"]]
+    assert failed == [event["Records"][0]["messageId"]]
+    rejected = [r for r in caplog.records if r.getMessage() == "message rejected"]
+    assert [getattr(r, "reason", "") for r in rejected] == [
+        "the reply's text cannot be opened (InvalidTag)"
+    ]
+    assert "Hi" not in caplog.text

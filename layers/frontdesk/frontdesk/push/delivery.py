@@ -10,8 +10,10 @@ targets are gone, succeeds; one with a post that failed otherwise fails its reco
 and the retry may deliver it twice to the others: browsers dedupe on `eventId`.
 
 What a browser receives: `{"type", "eventId", "time", "detail"}` with the event's detail
-(ids, times, statuses, progress; assistant deltas carry reply text to the conversation's
-own subscribers, who may read it).
+(ids, times, statuses, progress). The assistant's reply events carry the reply's text
+encrypted; it is decrypted here, right before the post to the conversation's own
+subscribers (frontdesk.assistant.reply_events.for_client). An event whose text cannot be
+opened (not this event's ciphertext) is refused and dead-lettered with that reason.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from frontdesk.assistant.reply_events import for_client
+from frontdesk.platform.crypto import EnvelopeCipher
 from frontdesk.platform.db import Database, transaction
 from frontdesk.platform.queues import BusEvent, EventType
 
@@ -51,15 +55,16 @@ class Pushed:
     delivered: int = 0
     gone: int = 0
     failed: list[str] = field(default_factory=list)
+    refused: str | None = None  # the event can never be shown (dead-letter it)
 
 
-def message_of(event: BusEvent) -> bytes:
+def message_of(event: BusEvent, cipher: EnvelopeCipher) -> bytes:
     return json.dumps(
         {
             "type": event.detail_type.value,
             "eventId": str(event.event_id),
             "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "detail": event.detail,
+            "detail": for_client(cipher, event.detail_type, event.detail),
         },
         separators=(",", ":"),
     ).encode()
@@ -88,14 +93,24 @@ def targets(db: Database, events: Sequence[BusEvent]) -> dict[int, list[str]]:
     return found
 
 
-def push(db: Database, management: Any, events: Sequence[BusEvent]) -> list[Pushed]:
+def push(
+    db: Database, cipher: EnvelopeCipher, management: Any, events: Sequence[BusEvent]
+) -> list[Pushed]:
     """Push each event to its clinic's followers; what became of each, in order."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from cryptography.exceptions import InvalidTag
 
     results = [Pushed() for _ in events]
     by_event = targets(db, events)
+    messages: dict[int, bytes] = {}
+    for n in list(by_event):
+        try:
+            messages[n] = message_of(events[n], cipher)
+        except (InvalidTag, KeyError, TypeError, ValueError) as exc:
+            # Not this event's ciphertext, or no ciphertext where one belongs.
+            results[n].refused = f"the reply's text cannot be opened ({type(exc).__name__})"
+            del by_event[n]
     posts = [(n, connection) for n, connections in by_event.items() for connection in connections]
-    messages = {n: message_of(events[n]) for n in by_event}
     gone: set[str] = set()
 
     def post(n: int, connection_id: str) -> tuple[int, str, str | None]:
