@@ -317,18 +317,23 @@ def test_a_worker_killed_mid_batch_its_records_are_redelivered_and_processed_onc
 
 
 _KILLED_MID_STREAM = """
-import os, signal, boto3
+import os, signal, boto3, psycopg
 from frontdesk.platform import handoff
 from local.sqs_source import poll_once
 from tests.support import LambdaContext, load_handler
 
 relay_now = handoff.RelayNow.submit
-relayed = []
+deltas = []
 
 def submit(self, outbox_ids):
     relay_now(self, outbox_ids)
-    relayed.append(outbox_ids)
-    if len(relayed) == 3:  # three deltas relayed, the model still streaming: SIGKILL
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        deltas.extend(conn.execute(
+            "SELECT id FROM outbox WHERE id = ANY(%s)"
+            " AND payload ->> 'detailType' = 'assistant.reply.delta'",
+            (list(outbox_ids),),
+        ).fetchall())
+    if len(deltas) >= 3:  # three deltas relayed, the model still streaming: SIGKILL
         os.kill(os.getpid(), signal.SIGKILL)
 
 handoff.RelayNow.submit = submit
