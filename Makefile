@@ -35,9 +35,10 @@ dev: $(VENV)/.installed-py313 .frontdesk/run
 test: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m pytest
 
-## make test-db: only the tests that touch PostgreSQL (CI runs them against DATABASE_URL too)
+## make test-db: the quick tests that touch PostgreSQL (CI runs them against DATABASE_URL too;
+## the slow ones, process kills and restarts, run in `make test` on the embedded server)
 test-db: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest tests/integration tests/e2e tests/faults
+	$(PY) -m pytest -m "db and not slow"
 
 ## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
 lint: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
