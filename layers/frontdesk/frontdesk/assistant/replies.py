@@ -20,10 +20,10 @@ the retry streams again from the start as the next attempt, and its first delta 
 `reset: true` (frontdesk.assistant.reply_events describes the events and what they carry:
 the text encrypted, never plaintext).
 
-Deltas are best effort, the reply and `done` are not: if a delta's relay fails (EventBridge
-unreachable), the rest of the attempt sends no more deltas (the sweeper sends the one that
-failed, late) and staff get the whole reply with `done`, which is in the reply's own
-transaction.
+Deltas are best effort, the reply and `done` are not: once a relay of the attempt fails
+(EventBridge unreachable; the first is the job's start event), the rest of the attempt sends
+no more deltas (the sweeper sends what failed, late) and staff get the whole reply with
+`done`, which is in the reply's own transaction.
 
 The conversation is stored encrypted (frontdesk.assistant.conversations): the history is
 decrypted after the first transaction has ended, and every text written (each delta, the
