@@ -303,7 +303,7 @@ def test_a_worker_killed_mid_batch_its_records_are_redelivered_and_processed_onc
     assert worker.returncode == -signal.SIGKILL, worker.stderr[-2000:]
     held = one(app, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'")
     assert held == 10 and sent_emails(app.moto_url) == []
-    # And its claims expire (120 s, shorter than the real 180 s visibility timeout: made so
+    # And its claims expire (120 s, shorter than the real 181 s visibility timeout: made so
     # here rather than waited for) while the other workers go on
     with psycopg.connect(app.database_url) as conn:
         conn.execute("UPDATE notification_deliveries SET claimed_until = now() - interval '1 s'")

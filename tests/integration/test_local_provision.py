@@ -51,7 +51,7 @@ def test_notifications_queue_dead_letters_to_its_dlq(
     redrive = json.loads(attributes["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == dlq["Arn"]
     assert int(redrive["maxReceiveCount"]) == 5
-    assert attributes["VisibilityTimeout"] == "180"
+    assert attributes["VisibilityTimeout"] == "181"
     dlq_attributes = sqs.get_queue_attributes(
         QueueUrl=dlq["QueueUrl"], AttributeNames=["MessageRetentionPeriod"]
     )["Attributes"]

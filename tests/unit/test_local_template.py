@@ -439,7 +439,7 @@ def test_sqs_event_sources(stack: Provisioned) -> None:
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
     assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker", "PushWorker"}
     assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
-    assert sources["SyncWorker"].visibility_timeout == 720
+    assert sources["SyncWorker"].visibility_timeout == 721
     source = sources["NotifyWorker"]
     # Then they carry what the poller needs to behave like Lambda
     assert source.function_logical_id == "NotifyWorker"
@@ -449,7 +449,7 @@ def test_sqs_event_sources(stack: Provisioned) -> None:
     assert source.maximum_batching_window_seconds == 1
     assert source.report_batch_item_failures is True
     assert source.maximum_concurrency == 5
-    assert source.visibility_timeout == 180
+    assert source.visibility_timeout == 181
     assert source.enabled is True
 
 

@@ -95,8 +95,12 @@ def sqs_problems(template: Template) -> list[str]:
             problems.append(f"{where}: maxReceiveCount below {MIN_MAX_RECEIVE_COUNT}")
         timeout = int(function_property(template, template["Resources"][function_id], "Timeout"))
         visibility = int(queue.get("VisibilityTimeout", 30))
-        if visibility < VISIBILITY_TIMEOUT_FACTOR * timeout:
-            problems.append(f"{where}: VisibilityTimeout {visibility} < 6 x Timeout {timeout}")
+        window = int(props.get("MaximumBatchingWindowInSeconds", 0))
+        if visibility < VISIBILITY_TIMEOUT_FACTOR * timeout + window:
+            problems.append(
+                f"{where}: VisibilityTimeout {visibility} < 6 x Timeout {timeout}"
+                f" + batching window {window}"
+            )
         if props.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
             problems.append(f"{where}: FunctionResponseTypes is not [ReportBatchItemFailures]")
         concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
@@ -427,6 +431,16 @@ def test_checks_catch_a_misspelt_function_response_type(template: Template) -> N
 
     # When the SQS check runs / Then it reports it
     assert any("FunctionResponseTypes" in p for p in sqs_problems(broken(template, misspell)))
+
+
+def test_checks_count_the_batching_window_in_the_visibility_timeout(template: Template) -> None:
+    # Given a worker whose batching window grew without the queue's visibility timeout
+    def wait_longer(t: Template) -> None:
+        event = t["Resources"]["NotifyWorker"]["Properties"]["Events"]["Notifications"]
+        event["Properties"]["MaximumBatchingWindowInSeconds"] = 20
+
+    # When the SQS check runs / Then it reports it
+    assert any("batching window" in p for p in sqs_problems(broken(template, wait_longer)))
 
 
 def test_checks_catch_a_short_visibility_timeout(template: Template) -> None:
