@@ -91,6 +91,31 @@ def test_migrations_racing_apply_each_file_once(pg_admin_url: str) -> None:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+def test_a_transaction_the_server_ends_for_idling_is_503_and_the_next_one_works(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from frontdesk.errors import ServiceUnavailable
+    from frontdesk.platform.db import transaction
+    from frontdesk.services import get_services
+
+    # Given a container whose sessions end a transaction idle for 2 x 200 ms
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "200")
+    reset_process_state()
+    db = get_services().database
+    # When its caller pauses inside a transaction for longer (a slow or descheduled process)
+    # Then the server's ending of it is a 503 (try again), not a 500
+    with pytest.raises(ServiceUnavailable), transaction(db) as cur:
+        cur.execute("SELECT 1")
+        time.sleep(1)
+        cur.execute("SELECT 1")
+    # And the next transaction of the same container works on a new connection
+    with transaction(db) as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == {"?column?": 2}
+
+
 def test_a_statement_timeout_is_503_and_the_connection_survives(
     app: App, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,6 +70,33 @@ def test_data_key_renewed_after_max_age() -> None:
     assert keys.generated == 2
 
 
+def test_a_key_fetched_fresh_before_a_transaction_serves_the_calls_inside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from frontdesk.platform import crypto
+
+    # Given a cipher whose five-minute data key is four and a half minutes old
+    keys = FakeKeyService()
+    cipher = EnvelopeCipher(keys, max_age_seconds=300)
+    old = cipher.data_key()
+    later = time.monotonic() + 270
+    monkeypatch.setattr(crypto.time, "monotonic", lambda: later)
+    # When a write asks for a key fresh for another minute before its transaction
+    fresh = cipher.data_key(fresh_for=60)
+    # Then it is renewed there, and the call inside the transaction finds it cached
+    assert fresh != old and keys.generated == 2
+    assert cipher.data_key() is fresh and keys.generated == 2
+
+
+def test_a_margin_longer_than_the_key_lives_never_renews_on_every_call() -> None:
+    keys = FakeKeyService()
+    cipher = EnvelopeCipher(keys, max_age_seconds=30)
+    first = cipher.data_key(fresh_for=60)
+    assert cipher.data_key(fresh_for=60) is first and keys.generated == 1
+
+
 def test_decrypting_another_containers_rows_asks_kms_once() -> None:
     keys = FakeKeyService()
     writer = EnvelopeCipher(keys)

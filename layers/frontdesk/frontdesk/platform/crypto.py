@@ -87,11 +87,14 @@ class EnvelopeCipher:
         self._decrypted: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def data_key(self) -> DataKey:
-        """The key to encrypt new rows with, renewed once it is `max_age` old."""
+    def data_key(self, *, fresh_for: float = 0) -> DataKey:
+        """The key to encrypt new rows with, renewed once it is `max_age` old, or would be
+        within `fresh_for` seconds: called so before a transaction, the calls inside it find
+        the key cached and never wait for KMS with the transaction open."""
         with self._lock:
             now = time.monotonic()
-            if self._current is None or now - self._current.created >= self._max_age:
+            renew_at = self._max_age - min(fresh_for, self._max_age / 2)
+            if self._current is None or now - self._current.created >= renew_at:
                 plaintext, encrypted, key_id = self._keys.generate_data_key()
                 self._current = DataKey(plaintext, encrypted, key_id, now)
                 self._remember(encrypted, plaintext, now)

@@ -144,6 +144,13 @@ def _refused(exc: psycopg.DataError) -> InvalidInput:
     return InvalidInput(f"a value cannot be stored ({type(exc).__name__})")
 
 
+# Errors that mean "try again later": the driver's operational errors (lost connection,
+# statement or lock timeout, too many connections) and the server ending a transaction
+# left idle past idle_in_transaction_session_timeout (a slow or paused caller), which
+# psycopg raises as an InternalError.
+_TRANSIENT = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
+
+
 def _unavailable(exc: Exception) -> ServiceUnavailable:
     """Operational errors (lost connection, timeouts, too many connections) are 503s.
 
@@ -196,7 +203,7 @@ class SingleConnectionDatabase:
             yield conn
         except psycopg.DataError as exc:
             raise _refused(exc) from exc
-        except psycopg.OperationalError as exc:
+        except _TRANSIENT as exc:
             # Lost connection, statement or lock timeout, too many connections: all pass.
             if conn.broken or conn.closed:
                 self._conn = None
@@ -245,9 +252,7 @@ class PooledDatabase:
                 yield conn
         except psycopg.DataError as exc:
             raise _refused(exc) from exc
-        except PoolTimeout as exc:
-            raise _unavailable(exc) from exc
-        except psycopg.OperationalError as exc:
+        except (PoolTimeout, *_TRANSIENT) as exc:
             raise _unavailable(exc) from exc
 
     def close(self) -> None:

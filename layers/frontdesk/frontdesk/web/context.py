@@ -27,6 +27,9 @@ from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.services import Services, get_services
 from frontdesk.web.http import Envelope, Meta
 
+# A write's data key is renewed before its transaction when it would expire within this.
+DATA_KEY_MARGIN_SECONDS = 60
+
 
 class WebContext:
     def __init__(self, request: Request, response: Response, services: Services) -> None:
@@ -89,6 +92,10 @@ class WriteContext(WebContext):
         key and body answers the stored result (`Idempotent-Replayed: true`), another body
         is a 422. `operation` and `body` are what the key is checked against."""
         idempotency = IdempotencyRequest.of(self.idempotency_key, operation, body)
+        if self.services.settings.kms_key_id:
+            # The data key the use case may encrypt with, fetched (if it is not cached) before
+            # the transaction begins: a call to KMS never holds a transaction open.
+            self.services.cipher.data_key(fresh_for=DATA_KEY_MARGIN_SECONDS)
         with self.services.unit_of_work(
             request_id=self.request_id, clinic_id=clinic_id, idempotency=idempotency
         ) as uow:
