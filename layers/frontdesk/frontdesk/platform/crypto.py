@@ -145,6 +145,15 @@ class EnvelopeCipher:
 
         return encrypt
 
+    def encrypt_under(self, encrypted_key: bytes, value: str | None, aad: bytes) -> bytes | None:
+        """`encrypt` under a row's existing data key (a field changed later: every field of
+        a row stays under the one key the row names)."""
+        if value is None:
+            return None
+        nonce = os.urandom(_NONCE_BYTES)
+        aes = AESGCM(self._plaintext_key(encrypted_key))
+        return nonce + aes.encrypt(nonce, value.encode(), aad)
+
     def decrypt(self, encrypted_key: bytes, blob: bytes | None, aad: bytes) -> str | None:
         if blob is None:
             return None

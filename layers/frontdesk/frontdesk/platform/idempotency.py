@@ -4,20 +4,28 @@ The key row is inserted in the same transaction as the POST's effect (the unit o
 calls `claim` before the write and `record` after it). A concurrent
 request with the same key blocks on the primary key until the first commits (then it
 finds the stored result) or rolls back (then it proceeds as the first).
+
+A response that holds a secret (a generated webhook secret, shown once) is stored sealed:
+envelope-encrypted under a data key (`seal`, bound to the clinic and the key), so a replay
+can show it again and the table never holds it in plaintext.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
 from frontdesk.errors import IdempotencyKeyReused, InvalidInput
 from frontdesk.platform.db import Cursor, Database, transaction
+
+if TYPE_CHECKING:
+    from frontdesk.platform.crypto import EnvelopeCipher
 
 MAX_KEY_LENGTH = 255
 
@@ -74,6 +82,32 @@ def record(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest, response: 
            WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
         {"clinic_id": clinic_id, "key": request.key, "response": Jsonb(response)},
     )
+
+
+def _aad(clinic_id: UUID, key: str) -> bytes:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"idempotency_keys:{clinic_id}/{digest}:response".encode()
+
+
+def seal(cipher: EnvelopeCipher, clinic_id: UUID, key: str, response: Any) -> dict[str, str]:
+    """The response as it is stored when it holds a secret: encrypted, with its data key
+    (encrypted by KMS)."""
+    data_key = cipher.data_key()
+    blob = cipher.encrypt(data_key, json.dumps(response), _aad(clinic_id, key))
+    assert blob is not None
+    return {
+        "sealed": base64.b64encode(blob).decode(),
+        "dek": base64.b64encode(data_key.encrypted).decode(),
+    }
+
+
+def unseal(cipher: EnvelopeCipher, clinic_id: UUID, key: str, stored: Any) -> Any:
+    """The response `seal` stored."""
+    opened = cipher.decrypt(
+        base64.b64decode(stored["dek"]), base64.b64decode(stored["sealed"]), _aad(clinic_id, key)
+    )
+    assert opened is not None
+    return json.loads(opened)
 
 
 def purge_expired(db: Database, *, retention_hours: int, limit: int) -> int:

@@ -7,7 +7,7 @@ connection after 2 hours). Topics:
 
 | topic | what it pushes |
 | --- | --- |
-| `leads` | `lead.created`, `lead.updated`, `lead_import.completed` |
+| `leads` | `lead.created`, `lead.updated`, `lead.status_changed`, `lead.assigned`, `lead.notes_changed`, `lead_import.completed` |
 | `appointments` | `appointment.booked`, `appointment.rescheduled`, `appointment.cancelled` |
 | `jobs` | `job.progress`, `job.completed`, `job.failed` of every job of the clinic |
 | `job:<id>` | those of one job |

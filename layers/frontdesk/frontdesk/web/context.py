@@ -84,15 +84,19 @@ class WriteContext(WebContext):
         body: Any,
         clinic_id: UUID,
         use_case: Callable[[UnitOfWork], R],
+        *,
+        secret_result: bool = False,
     ) -> R:
         """`use_case` in one unit of work, once per Idempotency-Key: a retry with the same
         key and body answers the stored result (`Idempotent-Replayed: true`), another body
-        is a 422. `operation` and `body` are what the key is checked against."""
+        is a 422. `operation` and `body` are what the key is checked against.
+        `secret_result`: the result holds a secret, so it is stored encrypted."""
         idempotency = IdempotencyRequest.of(self.idempotency_key, operation, body)
+        sealed_by = self.services.cipher if secret_result else None
         with self.services.unit_of_work(
             request_id=self.request_id, clinic_id=clinic_id, idempotency=idempotency
         ) as uow:
-            done = uow.run(result, lambda: use_case(uow))
+            done = uow.run(result, lambda: use_case(uow), sealed_by=sealed_by)
         if done.replayed:
             self.response.headers["Idempotent-Replayed"] = "true"
         return done.value
