@@ -21,7 +21,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from frontdesk.errors import IdempotencyKeyReused, InvalidInput
+from frontdesk.errors import Conflict, IdempotencyKeyReused, InvalidInput
 from frontdesk.platform.db import Cursor, Database, transaction
 
 if TYPE_CHECKING:
@@ -82,6 +82,67 @@ def record(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest, response: 
            WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
         {"clinic_id": clinic_id, "key": request.key, "response": Jsonb(response)},
     )
+
+
+# A key taken by a write outside the database (`begin`) whose request has not finished for
+# this long is taken over: its process died (the write it guards is safe to repeat).
+TAKE_OVER_AFTER_SECONDS = 300
+
+
+def begin(db: Database, clinic_id: UUID, request: IdempotencyRequest) -> Any | None:
+    """`claim` for a write whose effect is not in the database (messages moved between
+    queues), which no transaction may span: the key is taken in a transaction of its own.
+    None: go ahead, then `finish` (or `abandon` on failure); else the stored response. The
+    key of a request still running is a Conflict (409: retry shortly)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """INSERT INTO idempotency_keys (clinic_id, key, request_hash)
+               VALUES (%(clinic_id)s, %(key)s, %(hash)s)
+               ON CONFLICT (clinic_id, key) DO UPDATE SET created_at = now()
+                   WHERE idempotency_keys.response IS NULL
+                     AND idempotency_keys.request_hash = EXCLUDED.request_hash
+                     AND idempotency_keys.created_at
+                         < now() - make_interval(secs => %(take_over)s)
+               RETURNING key""",
+            {
+                "clinic_id": clinic_id,
+                "key": request.key,
+                "hash": request.request_hash,
+                "take_over": TAKE_OVER_AFTER_SECONDS,
+            },
+        )
+        if cur.fetchone() is not None:
+            return None
+        cur.execute(
+            """SELECT request_hash, response FROM idempotency_keys
+               WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
+            {"clinic_id": clinic_id, "key": request.key},
+        )
+        stored = cur.fetchone()
+    assert stored is not None
+    if bytes(stored["request_hash"]) != request.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    if stored["response"] is None:
+        raise Conflict("a request with this Idempotency-Key is still running: retry shortly")
+    return stored["response"]
+
+
+def finish(db: Database, clinic_id: UUID, request: IdempotencyRequest, response: Any) -> None:
+    """The response of a write `begin` let through."""
+    with transaction(db) as cur:
+        record(cur, clinic_id, request, response)
+
+
+def abandon(db: Database, clinic_id: UUID, request: IdempotencyRequest) -> None:
+    """A write `begin` let through failed: the key is free for a retry."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM idempotency_keys
+               WHERE clinic_id = %(clinic_id)s AND key = %(key)s AND response IS NULL""",
+            {"clinic_id": clinic_id, "key": request.key},
+        )
 
 
 def _aad(clinic_id: UUID, key: str) -> bytes:
