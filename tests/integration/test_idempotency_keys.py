@@ -58,10 +58,12 @@ def test_a_csv_import_posted_twice_with_one_key_imports_once(
 ) -> None:
     text = people_csv(50)
     # When staff post the same 50-lead file twice with the same key (a retried upload)
-    first = call(api, "POST", "/leads/imports", app.clinic_id, text, key="import-1",
-                 content_type="text/csv")
-    second = call(api, "POST", "/leads/imports", app.clinic_id, text, key="import-1",
-                  content_type="text/csv")
+    first = call(
+        api, "POST", "/leads/imports", app.clinic_id, text, key="import-1", content_type="text/csv"
+    )
+    second = call(
+        api, "POST", "/leads/imports", app.clinic_id, text, key="import-1", content_type="text/csv"
+    )
     # Then the retry answers the first import and job
     assert first[0] == second[0] == 202, (first, second)
     assert second[2]["data"] == first[2]["data"]
@@ -72,8 +74,15 @@ def test_a_csv_import_posted_twice_with_one_key_imports_once(
     assert rows(app, "SELECT count(*) FROM lead_imports") == [(1,)]
     assert rows(app, "SELECT count(*) FROM leads WHERE clinic_id = %s", app.clinic_id) == [(50,)]
     # And another file under the same key is refused, storing nothing
-    status, _, answer = call(api, "POST", "/leads/imports", app.clinic_id, people_csv(3, 100),
-                             key="import-1", content_type="text/csv")
+    status, _, answer = call(
+        api,
+        "POST",
+        "/leads/imports",
+        app.clinic_id,
+        people_csv(3, 100),
+        key="import-1",
+        content_type="text/csv",
+    )
     assert status == 422 and "Idempotency-Key" in answer["title"]
     assert rows(app, "SELECT count(*) FROM lead_imports") == [(1,)]
     # And without a key, the same file is a new import (as before)
@@ -81,9 +90,7 @@ def test_a_csv_import_posted_twice_with_one_key_imports_once(
     assert again[0] == 202 and again[2]["data"]["importId"] != first[2]["data"]["importId"]
 
 
-def test_a_provider_account_posted_twice_with_one_key_is_created_once(
-    app: App, api: Any
-) -> None:
+def test_a_provider_account_posted_twice_with_one_key_is_created_once(app: App, api: Any) -> None:
     body = {
         "provider": "generic",
         "apiBaseUrl": "https://provider.example",
@@ -119,9 +126,13 @@ def test_a_provider_account_posted_twice_with_one_key_is_created_once(
 
 def test_a_job_cancel_retried_with_its_key_answers_the_first_cancel(app: App, api: Any) -> None:
     status, _, lead = call(
-        api, "POST", "/leads", app.clinic_id,
+        api,
+        "POST",
+        "/leads",
+        app.clinic_id,
         {"name": "A person", "email": "a@example.org", "consent": True},
     )
+    assert status == 201, lead
     job = lead["data"]["jobId"]
     first = call(api, "POST", f"/jobs/{job}/cancel", app.clinic_id, key="cancel-1")
     second = call(api, "POST", f"/jobs/{job}/cancel", app.clinic_id, key="cancel-1")
@@ -140,10 +151,12 @@ def test_a_dead_letter_replay_retried_with_its_key_replays_once(app: App, ops: A
     body = {"queue": "notifications", "all": True}
     roles = "[staff operator]"
     # When an operator replays everything twice with one key
-    first = call(ops, "POST", "/ops/dead-letters/replay", app.clinic_id, body, key="replay-1",
-                 roles=roles)
-    second = call(ops, "POST", "/ops/dead-letters/replay", app.clinic_id, body, key="replay-1",
-                  roles=roles)
+    first = call(
+        ops, "POST", "/ops/dead-letters/replay", app.clinic_id, body, key="replay-1", roles=roles
+    )
+    second = call(
+        ops, "POST", "/ops/dead-letters/replay", app.clinic_id, body, key="replay-1", roles=roles
+    )
     # Then the retry answers what the first replayed, and replays nothing itself
     assert first[0] == second[0] == 200, (first, second)
     assert len(first[2]["data"]["replayed"]) == 1

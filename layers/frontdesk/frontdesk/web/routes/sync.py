@@ -168,9 +168,7 @@ def _store_import(
     response_model_exclude_none=True,
     summary="Connect a provider (admin): saved at once, credentials checked in the background",
 )
-def create_provider_account(
-    admin: Admin, account: AccountIn, web: Write
-) -> Envelope[AccountSaved]:
+def create_provider_account(admin: Admin, account: AccountIn, web: Write) -> Envelope[AccountSaved]:
     services = web.services
     saved = web.run(
         AccountSaved,
