@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from frontdesk.errors import Conflict, InvalidInput, NotFound
 from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher, field_aad
-from frontdesk.platform.db import Database, transaction
+from frontdesk.platform.db import Database
 from frontdesk.platform.queues import EventType
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.values import ApiModel, Email, Notes, Phone, SingleLine, Source, Timestamp
@@ -205,8 +206,10 @@ def list_leads(
         # A row comparison: an index condition on (created_at, id), not a filter.
         where.append("(created_at, id) < (%(after_created)s, %(after_id)s)")
         params["after_created"], params["after_id"] = after
-    with transaction(db) as cur:
-        cur.execute(
+    # One statement, so no transaction around it (BEGIN and COMMIT would be two more round
+    # trips on every page): the connection is in autocommit mode.
+    with db.connection() as conn:
+        rows = conn.execute(
             f"""SELECT id, source, status, assigned_to, duplicate_of, created_at, updated_at,
                        name_enc, email_enc, phone_enc, dek
                 FROM leads
@@ -214,23 +217,30 @@ def list_leads(
                 ORDER BY created_at DESC, id DESC
                 LIMIT %(limit)s""",
             params,
-        )
-        rows = cur.fetchall()
+        ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [_summary(cipher, row) for row in rows]
+    decryptors: dict[bytes, Callable[[bytes | None, bytes], str | None]] = {}
+    items = []
+    for row in rows:  # rows written together share a data key: one AES-GCM object each
+        dek = bytes(row["dek"])
+        if dek not in decryptors:
+            decryptors[dek] = cipher.decryptor(dek)
+        items.append(_summary(decryptors[dek], row))
     next_cursor = (
         encode_cursor(rows[-1]["created_at"], rows[-1]["id"], filters) if more and rows else None
     )
     return LeadPage(items=items, next_cursor=next_cursor)
 
 
-def _summary(cipher: EnvelopeCipher, row: dict[str, Any]) -> LeadSummary:
-    dek, lead_id = bytes(row["dek"]), row["id"]
+def _summary(
+    decrypt: Callable[[bytes | None, bytes], str | None], row: dict[str, Any]
+) -> LeadSummary:
+    lead_id = row["id"]
 
     def dec(field: str) -> str | None:
         blob = row[f"{field}_enc"]
-        return cipher.decrypt(dek, blob and bytes(blob), field_aad("leads", lead_id, field))
+        return decrypt(blob and bytes(blob), field_aad("leads", lead_id, field))
 
     return LeadSummary(
         id=lead_id,

@@ -159,6 +159,18 @@ class EnvelopeCipher:
             return None
         return self.decrypt_bytes(encrypted_key, blob, aad).decode()
 
+    def decryptor(self, encrypted_key: bytes) -> Callable[[bytes | None, bytes], str | None]:
+        """`decrypt` for many fields under one data key: the key is looked up and the
+        AES-GCM object built once (a page of leads decrypts dozens of fields)."""
+        aes = AESGCM(self._plaintext_key(encrypted_key))
+
+        def decrypt(blob: bytes | None, aad: bytes) -> str | None:
+            if blob is None:
+                return None
+            return aes.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad).decode()
+
+        return decrypt
+
     @staticmethod
     def encrypt_bytes(key: DataKey, data: bytes, aad: bytes) -> bytes:
         """`encrypt` for bytes (a stored file's part): nonce || ciphertext."""
