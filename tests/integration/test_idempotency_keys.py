@@ -167,3 +167,38 @@ def test_a_dead_letter_replay_retried_with_its_key_replays_once(app: App, ops: A
         QueueUrl=source, AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "1"
+
+
+def test_a_key_taken_around_calls_outside_the_database(app: App) -> None:
+    from frontdesk.errors import Conflict, IdempotencyKeyReused
+    from frontdesk.platform import idempotency
+    from frontdesk.platform.idempotency import IdempotencyRequest
+    from frontdesk.services import get_services
+
+    db = get_services().database
+    request = IdempotencyRequest.of("outside-1", "replayDeadLetters", {"all": True})
+    other_body = IdempotencyRequest.of("outside-1", "replayDeadLetters", {"all": False})
+    assert request is not None and other_body is not None
+    # Given a first request that took the key and is still calling out
+    assert idempotency.begin(db, app.clinic_id, request) is None
+    # When a retry comes meanwhile, or another body under the key
+    with pytest.raises(Conflict):
+        idempotency.begin(db, app.clinic_id, request)
+    with pytest.raises(IdempotencyKeyReused):
+        idempotency.begin(db, app.clinic_id, other_body)
+    # Then after the first fails the key is free again, and after it finishes a retry gets
+    # its stored result
+    idempotency.abandon(db, app.clinic_id, request)
+    assert idempotency.begin(db, app.clinic_id, request) is None
+    idempotency.finish(db, app.clinic_id, request, {"replayed": ["m-1"]})
+    assert idempotency.begin(db, app.clinic_id, request) == {"replayed": ["m-1"]}
+    # And a key whose request died (never finished, older than the take-over age) is taken
+    dead = IdempotencyRequest.of("outside-2", "replayDeadLetters", {"all": True})
+    assert dead is not None
+    assert idempotency.begin(db, app.clinic_id, dead) is None
+    with psycopg.connect(app.database_url) as conn:
+        conn.execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '1 hour' WHERE key = %s",
+            ("outside-2",),
+        )
+    assert idempotency.begin(db, app.clinic_id, dead) is None
