@@ -273,6 +273,9 @@ class DevRuntime:
             log_level="info",
             lifespan="off",
             log_config=None,
+            # An access line holds the query string, and the inbox's search puts an email
+            # or phone there; each invocation is logged by the function runtime instead.
+            access_log=False,
         )
         self._uvicorn = uvicorn.Server(config)
         thread = threading.Thread(target=self._uvicorn.run, name="api", daemon=True)

@@ -170,3 +170,54 @@ def test_every_body_route_refuses_oversized_bodies_wrong_media_types_and_unknown
                 problems.append(f"{method} {path} unknown field: {answer.status_code}")
     # Then each refusal is the promised one
     assert problems == []
+
+
+# ---------------------------------------------------------------- the lead inbox
+
+
+@pytest.mark.slow
+def test_inbox_cursors_filters_and_patches_never_5xx(asgi_app: Any, app: App) -> None:
+    from hypothesis import strategies as st
+    from starlette.testclient import TestClient
+
+    client = TestClient(asgi_app, raise_server_exceptions=False)
+    token = {"Authorization": f"Bearer {admin_token(app.clinic_id)}"}
+    made = client.post(
+        "/leads", json={"name": "Fuzzed", "email": "f@example.org", "consent": True}, headers=token
+    )
+    assert made.status_code == 201
+    lead_id = made.json()["data"]["id"]
+    # A real cursor, to mutate
+    for _ in range(2):
+        client.post(
+            "/leads", json={"name": "More", "phone": "+1 555 0100", "consent": True}, headers=token
+        )
+    cursor = client.get("/leads?limit=1", headers=token).json()["data"]["nextCursor"]
+    statuses: list[int] = []
+    text = st.text(max_size=80)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None)
+    @given(
+        cursor=st.one_of(text, st.just(cursor), text.map(lambda t: cursor[:-3] + t)),
+        status=st.sampled_from(["new", "contacted", "booked", "lost", "", "NEW", "x" * 50]),
+        created=st.one_of(st.none(), text, st.datetimes().map(lambda d: d.isoformat())),
+        body=st.dictionaries(
+            st.sampled_from(["status", "assignedTo", "staffNotes", "other"]),
+            st.one_of(st.none(), text, st.integers(), st.booleans()),
+            max_size=3,
+        ),
+    )
+    def check(cursor: str, status: str, created: str | None, body: dict[str, Any]) -> None:
+        # Given arbitrary cursors, filter values and PATCH bodies
+        params = {"cursor": cursor, "status": status}
+        if created is not None:
+            params["createdFrom"] = created
+        listed = client.get("/leads", params=params, headers=token)
+        patched = client.patch(f"/leads/{lead_id}", json=body, headers=token)
+        statuses.extend([listed.status_code, patched.status_code])
+        # Then each is answered, or refused with a clear 4xx: never a 5xx
+        assert listed.status_code in (200, 422), listed.text
+        assert patched.status_code in (200, 409, 422), patched.text
+
+    check()
+    assert 422 in statuses and 200 in statuses

@@ -58,6 +58,16 @@ CASES: dict[tuple[str, str], Case] = {
         lambda b: {"name": "A person", "email": "a.person@example.org", "consent": True},
     ),
     ("GET", "/leads/{lead_id}"): Case("object", lambda b: f"/leads/{b['lead']}"),
+    # The inbox searched for B's lead by its exact address: the blind index is per value,
+    # not per clinic, so only the clinic scope keeps it out.
+    ("GET", "/leads"): Case(
+        "list", lambda b: "/leads", query=lambda b: "email=b.person@example.org&limit=100"
+    ),
+    ("PATCH", "/leads/{lead_id}"): Case(
+        "object",
+        lambda b: f"/leads/{b['lead']}",
+        lambda b: {"status": "contacted", "assignedTo": "a-staff", "staffNotes": "mine now"},
+    ),
     ("POST", "/leads/imports"): Case(
         "create",
         lambda b: "/leads/imports",
@@ -367,3 +377,33 @@ def test_a_token_naming_no_clinic_is_refused_on_every_route(
         assert conn.execute(
             "SELECT count(*) FROM clinics WHERE id = %s", (nowhere,)
         ).fetchone() == (0,)
+
+
+def test_the_inbox_lists_only_the_clinics_own_leads(
+    app: App, call: Caller, objects_of_b: dict[str, str]
+) -> None:
+    # Given B's lead contacted and assigned, and a lead of A
+    b, a = app.other_clinic_id, app.clinic_id
+    status, _ = call("PATCH", f"/leads/{objects_of_b['lead']}", {"status": "contacted"}, clinic=b)
+    assert status == 200
+    status, _ = call("PATCH", f"/leads/{objects_of_b['lead']}", {"assignedTo": "shared"}, clinic=b)
+    assert status == 200
+    status, mine = call(
+        "POST", "/leads", {"name": "A", "phone": "+44 20 7946 0111", "consent": True}, clinic=a
+    )
+    assert status == 201
+    # When A pages its inbox with each filter B's lead would match, and searches B's phone
+    queries = [
+        "limit=1",
+        "status=contacted",
+        "assignedTo=shared",
+        "source=web_form",
+        "phone=%2B442079460111",
+    ]
+    for query in queries:
+        status, answer = call("GET", "/leads", clinic=a, query=query)
+        # Then only A's own leads show
+        assert status == 200, (query, answer)
+        assert objects_of_b["lead"] not in json.dumps(answer), query
+    status, answer = call("GET", "/leads", clinic=a, query="phone=%2B442079460111")
+    assert [item["id"] for item in answer["data"]["items"]] == [mine["data"]["id"]]

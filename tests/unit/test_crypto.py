@@ -122,3 +122,24 @@ def test_blind_index_normalises_and_separates_kinds() -> None:
 def test_blind_index_refuses_short_keys() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         BlindIndex(b"short")
+
+
+def test_a_field_changed_later_stays_under_the_rows_key_and_a_decryptor_opens_many() -> None:
+    # Given a row's data key, known to the cipher only by its encrypted form (a new container)
+    keys = FakeKeyService()
+    writer = EnvelopeCipher(keys)
+    key = writer.data_key()
+    reader = EnvelopeCipher(keys)
+    # When a field is encrypted later under that key (staff notes), and read back in bulk
+    notes = reader.encrypt_under(key.encrypted, "call back", field_aad("leads", 1, "notes"))
+    name = writer.encrypt(key, "Ada", field_aad("leads", 1, "name"))
+    decrypt = reader.decryptor(key.encrypted)
+    # Then both open with one key lookup, None stays None, and a moved field is refused
+    assert notes is not None and b"call back" not in notes
+    assert decrypt(notes, field_aad("leads", 1, "notes")) == "call back"
+    assert decrypt(name, field_aad("leads", 1, "name")) == "Ada"
+    assert decrypt(None, field_aad("leads", 1, "phone")) is None
+    assert reader.encrypt_under(key.encrypted, None, b"x") is None
+    assert keys.decrypted == 1
+    with pytest.raises(InvalidTag):
+        decrypt(notes, field_aad("leads", 2, "notes"))

@@ -348,6 +348,8 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
     assert routes == {
         ("POST", "/leads", "StaffJwt"),
         ("GET", "/leads/{id}", "StaffJwt"),
+        ("GET", "/leads", "StaffJwt"),
+        ("PATCH", "/leads/{id}", "StaffJwt"),
         ("GET", "/jobs/{id}", "StaffJwt"),
         ("POST", "/public/leads", None),
         ("POST", "/jobs/{id}/cancel", "StaffJwt"),

@@ -54,6 +54,11 @@ class LeadOut(ApiModel):
     consent: bool
     duplicate_of: UUID | None
     created_at: Timestamp
+    # the inbox (frontdesk.leads.inbox): lifecycle, assignee, staff notes
+    status: str
+    assigned_to: str | None
+    staff_notes: str | None
+    updated_at: Timestamp
 
 
 def create_lead(
@@ -127,7 +132,8 @@ def get_lead(db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, lead_id: 
     with transaction(db) as cur:
         cur.execute(
             """SELECT id, source, consent, name_enc, email_enc, phone_enc, notes_enc, dek,
-                      duplicate_of, created_at
+                      duplicate_of, created_at, status, assigned_to, staff_notes_enc,
+                      updated_at
                FROM leads WHERE id = %(id)s AND clinic_id = %(clinic_id)s""",
             {"id": lead_id, "clinic_id": clinic_id},
         )
@@ -151,4 +157,8 @@ def get_lead(db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, lead_id: 
         consent=row["consent"],
         duplicate_of=row["duplicate_of"],
         created_at=row["created_at"],
+        status=row["status"],
+        assigned_to=row["assigned_to"],
+        staff_notes=dec("staff_notes"),
+        updated_at=row["updated_at"],
     )

@@ -148,10 +148,31 @@ class EnvelopeCipher:
 
         return encrypt
 
+    def encrypt_under(self, encrypted_key: bytes, value: str | None, aad: bytes) -> bytes | None:
+        """`encrypt` under a row's existing data key (a field changed later: every field of
+        a row stays under the one key the row names)."""
+        if value is None:
+            return None
+        nonce = os.urandom(_NONCE_BYTES)
+        aes = AESGCM(self._plaintext_key(encrypted_key))
+        return nonce + aes.encrypt(nonce, value.encode(), aad)
+
     def decrypt(self, encrypted_key: bytes, blob: bytes | None, aad: bytes) -> str | None:
         if blob is None:
             return None
         return self.decrypt_bytes(encrypted_key, blob, aad).decode()
+
+    def decryptor(self, encrypted_key: bytes) -> Callable[[bytes | None, bytes], str | None]:
+        """`decrypt` for many fields under one data key: the key is looked up and the
+        AES-GCM object built once (a page of leads decrypts dozens of fields)."""
+        aes = AESGCM(self._plaintext_key(encrypted_key))
+
+        def decrypt(blob: bytes | None, aad: bytes) -> str | None:
+            if blob is None:
+                return None
+            return aes.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad).decode()
+
+        return decrypt
 
     @staticmethod
     def encrypt_bytes(key: DataKey, data: bytes, aad: bytes) -> bytes:

@@ -4,20 +4,28 @@ The key row is inserted in the same transaction as the POST's effect (the unit o
 calls `claim` before the write and `record` after it). A concurrent
 request with the same key blocks on the primary key until the first commits (then it
 finds the stored result) or rolls back (then it proceeds as the first).
+
+A response that holds a secret (a generated webhook secret, shown once) is stored sealed:
+envelope-encrypted under a data key (`seal`, bound to the clinic and the key), so a replay
+can show it again and the table never holds it in plaintext.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from frontdesk.errors import IdempotencyKeyReused, InvalidInput
+from frontdesk.errors import Conflict, IdempotencyKeyReused, InvalidInput
 from frontdesk.platform.db import Cursor, Database, transaction
+
+if TYPE_CHECKING:
+    from frontdesk.platform.crypto import EnvelopeCipher
 
 MAX_KEY_LENGTH = 255
 
@@ -74,6 +82,93 @@ def record(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest, response: 
            WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
         {"clinic_id": clinic_id, "key": request.key, "response": Jsonb(response)},
     )
+
+
+# A key taken by a write outside the database (`begin`) whose request has not finished for
+# this long is taken over: its process died (the write it guards is safe to repeat).
+TAKE_OVER_AFTER_SECONDS = 300
+
+
+def begin(db: Database, clinic_id: UUID, request: IdempotencyRequest) -> Any | None:
+    """`claim` for a write whose effect is not in the database (messages moved between
+    queues), which no transaction may span: the key is taken in a transaction of its own.
+    None: go ahead, then `finish` (or `abandon` on failure); else the stored response. The
+    key of a request still running is a Conflict (409: retry shortly)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """INSERT INTO idempotency_keys (clinic_id, key, request_hash)
+               VALUES (%(clinic_id)s, %(key)s, %(hash)s)
+               ON CONFLICT (clinic_id, key) DO UPDATE SET created_at = now()
+                   WHERE idempotency_keys.response IS NULL
+                     AND idempotency_keys.request_hash = EXCLUDED.request_hash
+                     AND idempotency_keys.created_at
+                         < now() - make_interval(secs => %(take_over)s)
+               RETURNING key""",
+            {
+                "clinic_id": clinic_id,
+                "key": request.key,
+                "hash": request.request_hash,
+                "take_over": TAKE_OVER_AFTER_SECONDS,
+            },
+        )
+        if cur.fetchone() is not None:
+            return None
+        cur.execute(
+            """SELECT request_hash, response FROM idempotency_keys
+               WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
+            {"clinic_id": clinic_id, "key": request.key},
+        )
+        stored = cur.fetchone()
+    assert stored is not None
+    if bytes(stored["request_hash"]) != request.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    if stored["response"] is None:
+        raise Conflict("a request with this Idempotency-Key is still running: retry shortly")
+    return stored["response"]
+
+
+def finish(db: Database, clinic_id: UUID, request: IdempotencyRequest, response: Any) -> None:
+    """The response of a write `begin` let through."""
+    with transaction(db) as cur:
+        record(cur, clinic_id, request, response)
+
+
+def abandon(db: Database, clinic_id: UUID, request: IdempotencyRequest) -> None:
+    """A write `begin` let through failed: the key is free for a retry."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM idempotency_keys
+               WHERE clinic_id = %(clinic_id)s AND key = %(key)s AND response IS NULL""",
+            {"clinic_id": clinic_id, "key": request.key},
+        )
+
+
+def _aad(clinic_id: UUID, key: str) -> bytes:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"idempotency_keys:{clinic_id}/{digest}:response".encode()
+
+
+def seal(cipher: EnvelopeCipher, clinic_id: UUID, key: str, response: Any) -> dict[str, str]:
+    """The response as it is stored when it holds a secret: encrypted, with its data key
+    (encrypted by KMS)."""
+    data_key = cipher.data_key()
+    blob = cipher.encrypt(data_key, json.dumps(response), _aad(clinic_id, key))
+    assert blob is not None
+    return {
+        "sealed": base64.b64encode(blob).decode(),
+        "dek": base64.b64encode(data_key.encrypted).decode(),
+    }
+
+
+def unseal(cipher: EnvelopeCipher, clinic_id: UUID, key: str, stored: Any) -> Any:
+    """The response `seal` stored."""
+    opened = cipher.decrypt(
+        base64.b64decode(stored["dek"]), base64.b64decode(stored["sealed"]), _aad(clinic_id, key)
+    )
+    assert opened is not None
+    return json.loads(opened)
 
 
 def purge_expired(db: Database, *, retention_hours: int, limit: int) -> int:

@@ -71,6 +71,10 @@ class EventType(StrEnum):
 
     LEAD_CREATED = "lead.created"
     LEAD_UPDATED = "lead.updated"
+    # The inbox's lifecycle (frontdesk.leads.inbox): ids, statuses, staff subjects only.
+    LEAD_STATUS_CHANGED = "lead.status_changed"
+    LEAD_ASSIGNED = "lead.assigned"
+    LEAD_NOTES_CHANGED = "lead.notes_changed"
     APPOINTMENT_BOOKED = "appointment.booked"
     APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
     APPOINTMENT_CANCELLED = "appointment.cancelled"

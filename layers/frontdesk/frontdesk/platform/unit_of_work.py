@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -33,6 +33,9 @@ from frontdesk.platform import idempotency, jobs, outbox
 from frontdesk.platform.db import Cursor, Database
 from frontdesk.platform.idempotency import IdempotencyRequest
 from frontdesk.platform.queues import EventType, JobKind, JobMessage, Queue
+
+if TYPE_CHECKING:
+    from frontdesk.platform.crypto import EnvelopeCipher
 
 
 class Handoff(Protocol):
@@ -118,22 +121,26 @@ class UnitOfWork:
 
     # ------------------------------------------------------------ idempotency
 
-    def run[R: BaseModel](self, result: type[R], write: Callable[[], R]) -> Done[R]:
+    def run[R: BaseModel](
+        self, result: type[R], write: Callable[[], R], *, sealed_by: EnvelopeCipher | None = None
+    ) -> Done[R]:
         """`write` once per Idempotency-Key: its result is stored with the change; a request
-        that repeats the key gets the stored result and writes nothing."""
+        that repeats the key gets the stored result and writes nothing. `sealed_by`: the
+        result holds a secret, store it encrypted (idempotency.seal)."""
         if self._idempotency is None:
             return Done(write())
-        assert self.clinic_id is not None
-        stored = idempotency.claim(self.cur, self.clinic_id, self._idempotency)
+        clinic_id, key = self.clinic_id, self._idempotency.key
+        assert clinic_id is not None
+        stored = idempotency.claim(self.cur, clinic_id, self._idempotency)
         if stored is not None:
+            if sealed_by is not None:
+                stored = idempotency.unseal(sealed_by, clinic_id, key, stored)
             return Done(result.model_validate(stored), replayed=True)
         value = write()
-        idempotency.record(
-            self.cur,
-            self.clinic_id,
-            self._idempotency,
-            value.model_dump(mode="json", by_alias=True),
-        )
+        response: Any = value.model_dump(mode="json", by_alias=True)
+        if sealed_by is not None:
+            response = idempotency.seal(sealed_by, clinic_id, key, response)
+        idempotency.record(self.cur, clinic_id, self._idempotency, response)
         return Done(value)
 
     # ------------------------------------------------------------ hand-off

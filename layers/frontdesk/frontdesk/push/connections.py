@@ -7,11 +7,13 @@ connection after 2 hours). Topics:
 
 | topic | what it pushes |
 | --- | --- |
-| `leads` | `lead.created`, `lead.updated`, `lead_import.completed` |
+| `leads` | `lead.created`, `lead.updated`, `lead_import.completed`; the inbox's `lead.*` |
 | `appointments` | `appointment.booked`, `appointment.rescheduled`, `appointment.cancelled` |
 | `jobs` | `job.progress`, `job.completed`, `job.failed` of every job of the clinic |
 | `job:<id>` | those of one job |
 | `conversation:<id>` | `assistant.reply.delta`, `assistant.reply.done` of one conversation |
+
+(The inbox's events: `lead.status_changed`, `lead.assigned`, `lead.notes_changed`.)
 
 A connection only ever receives its own clinic's events (frontdesk.push.delivery), so a
 topic naming another clinic's job or conversation stays silent.

@@ -37,7 +37,7 @@ MAX_PARALLEL_POSTS = 16
 def topics_of(event: BusEvent) -> list[str]:
     """The topics an event is pushed to (frontdesk.push.connections lists them)."""
     kind, detail = event.detail_type, event.detail
-    if kind in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED, EventType.LEAD_IMPORT_COMPLETED):
+    if kind.value.startswith("lead"):  # lead.* and lead_import.completed
         return ["leads"]
     if kind.value.startswith("appointment."):
         return ["appointments"]

@@ -22,6 +22,7 @@ from uuid import UUID
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 
+from frontdesk.platform import idempotency as idempotency_keys
 from frontdesk.platform.idempotency import IdempotencyRequest
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.services import Services, get_services
@@ -87,22 +88,56 @@ class WriteContext(WebContext):
         body: Any,
         clinic_id: UUID,
         use_case: Callable[[UnitOfWork], R],
+        *,
+        secret_result: bool = False,
     ) -> R:
         """`use_case` in one unit of work, once per Idempotency-Key: a retry with the same
         key and body answers the stored result (`Idempotent-Replayed: true`), another body
-        is a 422. `operation` and `body` are what the key is checked against."""
+        is a 422. `operation` and `body` are what the key is checked against.
+        `secret_result`: the result holds a secret, so it is stored encrypted."""
         idempotency = IdempotencyRequest.of(self.idempotency_key, operation, body)
         if self.services.settings.kms_key_id:
             # The data key the use case may encrypt with, fetched (if it is not cached) before
             # the transaction begins: a call to KMS never holds a transaction open.
             self.services.cipher.data_key(fresh_for=DATA_KEY_MARGIN_SECONDS)
+        sealed_by = self.services.cipher if secret_result else None
         with self.services.unit_of_work(
             request_id=self.request_id, clinic_id=clinic_id, idempotency=idempotency
         ) as uow:
-            done = uow.run(result, lambda: use_case(uow))
+            done = uow.run(result, lambda: use_case(uow), sealed_by=sealed_by)
         if done.replayed:
             self.response.headers["Idempotent-Replayed"] = "true"
         return done.value
+
+    def run_outside_database[R: BaseModel](
+        self,
+        result: type[R],
+        operation: str,
+        body: Any,
+        clinic_id: UUID,
+        call: Callable[[], R],
+    ) -> R:
+        """`run` for a write whose effect is not in the database (messages moved between
+        queues): no transaction may span it, so the key is taken before `call` and the
+        result stored after it, each in a short transaction of its own; a retry while it
+        runs is a 409, a retry after it answers the stored result."""
+        request = IdempotencyRequest.of(self.idempotency_key, operation, body)
+        if request is None:
+            return call()
+        database = self.services.database
+        stored = idempotency_keys.begin(database, clinic_id, request)
+        if stored is not None:
+            self.response.headers["Idempotent-Replayed"] = "true"
+            return result.model_validate(stored)
+        try:
+            value = call()
+        except BaseException:
+            idempotency_keys.abandon(database, clinic_id, request)
+            raise
+        idempotency_keys.finish(
+            database, clinic_id, request, value.model_dump(mode="json", by_alias=True)
+        )
+        return value
 
 
 # FastAPI runs a `def` dependency in a worker thread: a thread hop each (and under Mangum a

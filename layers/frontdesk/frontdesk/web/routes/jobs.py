@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from frontdesk.platform import jobs
 from frontdesk.platform.jobs import JobOut
 from frontdesk.web.auth import GuardedRoute, Staff
-from frontdesk.web.context import Web
+from frontdesk.web.context import Web, Write
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=GuardedRoute, tags=["jobs"], responses=ERROR_RESPONSES)
@@ -26,7 +26,12 @@ def read_job(staff: Staff, job_id: UUID, web: Web) -> Envelope[JobOut]:
     summary="Cancel a queued or running job (staff, own clinic); 409 once it has ended",
     responses={409: ERROR_RESPONSES[404]},
 )
-def cancel_job(staff: Staff, job_id: UUID, web: Web) -> Envelope[JobOut]:
-    with web.services.unit_of_work(request_id=web.request_id) as uow:
-        job = jobs.cancel_job(uow.cur, clinic_id=staff.clinic_id, job_id=job_id)
+def cancel_job(staff: Staff, job_id: UUID, web: Write) -> Envelope[JobOut]:
+    job = web.run(
+        JobOut,
+        f"cancelJob:{job_id}",
+        None,
+        staff.clinic_id,
+        lambda uow: jobs.cancel_job(uow.cur, clinic_id=staff.clinic_id, job_id=job_id),
+    )
     return web.ok(job, "cancelJob", "job", [job_id])

@@ -13,7 +13,7 @@ from frontdesk.ops import dead_letters, stuck_jobs
 from frontdesk.ops.dead_letters import DeadLetter, DeadLetterQueue, ReplayOutcome, ReplayRequest
 from frontdesk.ops.queue_health import Queues, queue_health
 from frontdesk.web.auth import GuardedRoute, Operator
-from frontdesk.web.context import Web, WebContext
+from frontdesk.web.context import Web, WebContext, Write
 from frontdesk.web.http import ERROR_RESPONSES, Envelope
 
 router = APIRouter(route_class=GuardedRoute, tags=["operations"], responses=ERROR_RESPONSES)
@@ -63,13 +63,23 @@ def list_dead_letters(
 @router.post(
     "/ops/dead-letters/replay",
     summary="Replay dead-lettered messages to their source queue; safe to repeat (operators)",
+    responses={409: ERROR_RESPONSES[404]},
 )
 def replay_dead_letters(
-    operator: Operator, body: ReplayRequest, web: Web
+    operator: Operator, body: ReplayRequest, web: Write
 ) -> Envelope[ReplayOutcome]:
     services = web.services
-    result = dead_letters.replay(
-        services.database, services.aws.client("sqs"), _dlqs(web, body.queue), body.messageIds
+    result = web.run_outside_database(
+        ReplayOutcome,
+        "replayDeadLetters",
+        body.model_dump(mode="json"),
+        operator.clinic_id,
+        lambda: dead_letters.replay(
+            services.database,
+            services.aws.client("sqs"),
+            _dlqs(web, body.queue),
+            body.messageIds,
+        ),
     )
     return web.ok(result, "replayDeadLetters", "deadLetter", result.replayed)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from typing import IO, Annotated
@@ -20,7 +21,7 @@ from frontdesk.sync.accounts import AccountIn, AccountOut, AccountSaved, Credent
 from frontdesk.sync.egress import Egress
 from frontdesk.sync.webhooks import WebhookAccepted
 from frontdesk.web.auth import Admin, GuardedRoute, Staff
-from frontdesk.web.context import Web, WebContext
+from frontdesk.web.context import Web, Write, WriteContext
 from frontdesk.web.http import ERROR_RESPONSES, BodyRule, Envelope
 
 router = APIRouter(route_class=GuardedRoute, tags=["sync"], responses=ERROR_RESPONSES)
@@ -57,7 +58,7 @@ async def receive_webhook(
     request: Request,
     provider: str,
     account_id: UUID,
-    web: Web,
+    web: Write,
     signature: Annotated[str | None, Header(alias="Webhook-Signature")] = None,
 ) -> Envelope[WebhookAccepted]:
     body = await request.body()  # the raw bytes the signature covers
@@ -70,7 +71,7 @@ async def receive_webhook(
 
 
 def _accept_webhook(
-    web: WebContext, provider: str, account_id: UUID, body: bytes, signature: str | None
+    web: WriteContext, provider: str, account_id: UUID, body: bytes, signature: str | None
 ) -> WebhookAccepted:
     services = web.services
     verified = webhooks.check_delivery(
@@ -82,8 +83,15 @@ def _accept_webhook(
         signature_header=signature,
         tolerance_seconds=services.settings.webhook_tolerance_seconds,
     )
-    with services.unit_of_work(request_id=web.request_id) as uow:
-        return webhooks.record_delivery(uow, verified)
+    # The delivery id is the replay guard; an Idempotency-Key, when a provider sends one,
+    # is kept per the account's clinic like any other.
+    return web.run(
+        WebhookAccepted,
+        f"receiveWebhook:{provider}:{account_id}",
+        hashlib.sha256(body).hexdigest(),
+        verified.clinic_id,
+        lambda uow: webhooks.record_delivery(uow, verified),
+    )
 
 
 @router.post(
@@ -100,7 +108,7 @@ def _accept_webhook(
 async def import_leads(
     request: Request,
     staff: Staff,
-    web: Web,
+    web: Write,
     source: Annotated[str, Query(description="the leads' source label")] = "csv_import",
 ) -> Envelope[ImportAccepted]:
     if not _SOURCE.match(source):
@@ -109,9 +117,11 @@ async def import_leads(
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
         size = lines = 0
         last = b""
+        digest = hashlib.sha256()  # what the Idempotency-Key is checked against
         async for chunk in request.stream():
             if chunk:
                 spool.write(chunk)
+                digest.update(chunk)
                 size += len(chunk)
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
@@ -120,17 +130,27 @@ async def import_leads(
         if last != b"\n":
             lines += 1
         created = await run_in_threadpool(
-            _store_import, web, staff.clinic_id, source, spool, size, lines
+            _store_import, web, staff.clinic_id, source, spool, size, lines, digest.hexdigest()
         )
     headers = {"Location": f"/jobs/{created.job_id}", "Retry-After": "1"}
     return web.ok(created, "importLeads", "leadImport", [created.import_id], headers=headers)
 
 
 def _store_import(
-    web: WebContext, clinic_id: UUID, source: str, spool: IO[bytes], size: int, lines: int
+    web: WriteContext,
+    clinic_id: UUID,
+    source: str,
+    spool: IO[bytes],
+    size: int,
+    lines: int,
+    sha256: str,
 ) -> ImportAccepted:
-    with web.services.unit_of_work(request_id=web.request_id) as uow:
-        return imports.store_upload(
+    return web.run(
+        ImportAccepted,
+        "importLeads",
+        {"source": source, "sha256": sha256, "size": size},
+        clinic_id,
+        lambda uow: imports.store_upload(
             uow,
             web.services.cipher,
             clinic_id=clinic_id,
@@ -138,7 +158,8 @@ def _store_import(
             file=spool,
             size=size,
             lines=lines,
-        )
+        ),
+    )
 
 
 @router.post(
@@ -147,16 +168,23 @@ def _store_import(
     response_model_exclude_none=True,
     summary="Connect a provider (admin): saved at once, credentials checked in the background",
 )
-def create_provider_account(admin: Admin, account: AccountIn, web: Web) -> Envelope[AccountSaved]:
+def create_provider_account(admin: Admin, account: AccountIn, web: Write) -> Envelope[AccountSaved]:
     services = web.services
-    with services.unit_of_work(request_id=web.request_id) as uow:
-        saved = accounts.create_account(
+    saved = web.run(
+        AccountSaved,
+        "createProviderAccount",
+        account.model_dump(mode="json"),
+        admin.clinic_id,
+        lambda uow: accounts.create_account(
             uow,
             services.cipher,
             clinic_id=admin.clinic_id,
             account=account,
             egress=Egress.from_settings(services.settings),
-        )
+        ),
+        # a generated webhook secret is shown once, and again to a retry: stored encrypted
+        secret_result=True,
+    )
     headers = {"Location": f"/jobs/{saved.job_id}"}
     return web.ok(saved, "createProviderAccount", "providerAccount", [saved.id], headers=headers)
 
@@ -168,13 +196,18 @@ def create_provider_account(admin: Admin, account: AccountIn, web: Web) -> Envel
     summary="Replace a provider account's credentials (admin); checked in the background",
 )
 def replace_provider_credentials(
-    admin: Admin, account_id: UUID, update: CredentialsIn, web: Web
+    admin: Admin, account_id: UUID, update: CredentialsIn, web: Write
 ) -> Envelope[AccountSaved]:
     services = web.services
-    with services.unit_of_work(request_id=web.request_id) as uow:
-        saved = accounts.replace_credentials(
+    saved = web.run(
+        AccountSaved,
+        f"replaceProviderCredentials:{account_id}",
+        update.model_dump(mode="json"),
+        admin.clinic_id,
+        lambda uow: accounts.replace_credentials(
             uow, services.cipher, clinic_id=admin.clinic_id, account_id=account_id, update=update
-        )
+        ),
+    )
     headers = {"Location": f"/jobs/{saved.job_id}"}
     return web.ok(
         saved, "replaceProviderCredentials", "providerAccount", [account_id], headers=headers
