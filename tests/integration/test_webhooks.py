@@ -146,6 +146,7 @@ def rows(app: App, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_lead_reaches_the_endpoint_signed_and_the_receiver_verifies_it(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
@@ -192,6 +193,7 @@ def test_a_lead_reaches_the_endpoint_signed_and_the_receiver_verifies_it(
     assert attempt["statusCode"] == 200 and attempt["succeeded"] and attempt["error"] is None
 
 
+@pytest.mark.slow
 def test_500s_are_retried_until_the_receiver_takes_it(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
@@ -222,6 +224,7 @@ def test_500s_are_retried_until_the_receiver_takes_it(
     assert read["data"]["consecutiveFailures"] == 0 and read["data"]["status"] == "enabled"
 
 
+@pytest.mark.slow
 def test_an_endpoint_failing_in_a_row_is_disabled_with_an_event_and_replay_sends_again(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
@@ -297,6 +300,7 @@ def test_an_endpoint_failing_in_a_row_is_disabled_with_an_event_and_replay_sends
     assert detail["data"]["replayOf"] == delivery["id"]
 
 
+@pytest.mark.slow
 def test_a_delivery_failing_every_attempt_is_dead_lettered_with_its_reason(
     hooks: App, api: Any, worker: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -368,6 +372,7 @@ def test_registration_refuses_internal_addresses(
     assert rows(hooks, "SELECT count(*) FROM webhook_endpoints") == [(0,)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["127.0.0.1", "169.254.169.254"])
 def test_a_host_resolving_inside_is_never_called(
     hooks: App, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, target: str
@@ -403,6 +408,7 @@ def test_a_host_resolving_inside_is_never_called(
     assert read["data"]["status"] == "disabled"
 
 
+@pytest.mark.slow
 def test_one_clinics_events_never_reach_another_clinics_endpoint(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
