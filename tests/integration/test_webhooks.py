@@ -315,7 +315,7 @@ def test_a_delivery_failing_every_attempt_is_dead_lettered_with_its_reason(
     drain(hooks, fresh_worker)
     # Then every attempt the queue allows was made (maxReceiveCount), and the message is on
     # the DLQ, where the operators' listing gives the delivery's reason
-    assert len(receiver.requests) == 8
+    assert len(receiver.requests) == 5
     ops = load_handler("ops")
     event = http_event(
         "GET", "/ops/dead-letters", clinic_id=hooks.clinic_id, query="queue=webhooks"
@@ -325,7 +325,7 @@ def test_a_delivery_failing_every_attempt_is_dead_lettered_with_its_reason(
     status, _, listed = http_response(ops.handler(event, LambdaContext()))
     assert status == 200, listed
     [letter] = listed["data"]
-    assert letter["reason"] == "webhook delivery failed after 8 attempts: HTTP 503"
+    assert letter["reason"] == "webhook delivery failed after 5 attempts: HTTP 503"
 
 
 def resolve(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:

@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     # Retries: the message reappears after a full-jitter backoff, random(0, min(max,
     # base * 2^(attempt-1))) seconds (SQS caps a delay at 900 s). The attempts are the
     # queue's maxReceiveCount (MAX_RECEIVE_COUNT).
-    webhook_retry_base_seconds: float = Field(default=30.0, ge=0, le=900)
+    webhook_retry_base_seconds: float = Field(default=60.0, ge=0, le=900)
     webhook_retry_max_seconds: float = Field(default=900.0, ge=0, le=900)
     # An endpoint whose attempts failed this many times in a row is disabled (and a
     # webhook.endpoint_disabled event says so).

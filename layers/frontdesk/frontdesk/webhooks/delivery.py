@@ -512,6 +512,21 @@ def replay(uow: UnitOfWork, *, clinic_id: UUID, delivery_id: UUID) -> DeliveryOu
     return DeliveryOut.model_validate(row)
 
 
+def purge_ended(db: Database, *, older_than_days: int, limit: int) -> int:
+    """Forget deliveries that ended (delivered, failed, cancelled) before the retention, at
+    most `limit`, their attempts with them; one still pending or retrying stays."""
+    with transaction(db) as cur:
+        cur.execute(
+            """DELETE FROM outbound_webhook_deliveries WHERE id IN (
+                   SELECT id FROM outbound_webhook_deliveries
+                   WHERE created_at < now() - make_interval(days => %(days)s)
+                     AND status IN ('delivered', 'failed', 'cancelled')
+                   LIMIT %(limit)s)""",
+            {"days": older_than_days, "limit": limit},
+        )
+        return cur.rowcount
+
+
 def explain(cur: Cursor, delivery_ids: Sequence[UUID]) -> dict[UUID, str]:
     """Why each dead-lettered delivery message is there: its state and last error."""
     if not delivery_ids:
