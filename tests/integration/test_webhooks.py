@@ -449,3 +449,34 @@ def test_unknown_event_types_and_bad_bodies_are_a_clear_422(hooks: App, api: Any
         status, _, problem = call(api, "POST", "/webhooks/endpoints", hooks.clinic_id, body)
         assert status == 422, (body, problem)
     assert rows(hooks, "SELECT count(*) FROM webhook_endpoints") == [(0,)]
+
+
+def test_a_registration_retried_with_its_key_shows_the_same_secret_stored_nowhere_in_clear(
+    hooks: App, api: Any
+) -> None:
+    # Given a registration sent twice with one Idempotency-Key (the first answer was lost)
+    body = {"url": "https://hooks.example/in", "eventTypes": ["lead.created"]}
+    answers = [
+        call(api, "POST", "/webhooks/endpoints", hooks.clinic_id, body, **{"Idempotency-Key": "k1"})
+        for _ in range(2)
+    ]
+    # Then both are the same endpoint with the same secret, the second a replay
+    assert [a[0] for a in answers] == [201, 201]
+    first, second = answers[0][2]["data"], answers[1][2]["data"]
+    assert (first["id"], first["secret"]) == (second["id"], second["secret"])
+    assert answers[1][1].get("idempotent-replayed") == "true"
+    assert rows(hooks, "SELECT count(*) FROM webhook_endpoints") == [(1,)]
+    # And the secret is in no table in the clear (the stored answer holds the endpoint only)
+    with psycopg.connect(hooks.database_url) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        ]
+        for table in tables:
+            found = conn.execute(
+                f'SELECT count(*) FROM "{table}" t WHERE t::text LIKE %s',
+                (f"%{first['secret']}%",),
+            ).fetchone()
+            assert found == (0,), table
