@@ -49,6 +49,9 @@ _LOCAL_SETTINGS = {
     "FRONTDESK_ENV": "local",
     # The fake provider listens on plain HTTP on loopback.
     "PROVIDER_ALLOW_HTTP": "true",
+    # Outbound webhooks may go to a receiver on loopback over plain HTTP (never in AWS).
+    "WEBHOOK_ALLOW_HTTP": "true",
+    "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,::1,localhost",
     # The embedded PostgreSQL: no TLS, no RDS Proxy in between.
     "DB_SSLMODE": "prefer",
     "DB_STARTUP_OPTIONS": "true",

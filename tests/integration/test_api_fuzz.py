@@ -105,6 +105,21 @@ def test_with_an_admin_token_nothing_is_a_5xx_or_breaks_its_schema(
         print(f"\nschemathesis with token: {counts}")
 
 
+@pytest.mark.slow
+def test_the_webhook_routes_take_more_generated_cases_without_a_5xx(
+    api_schema: Any, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an admin token, and the outbound webhook routes only (their own deeper walk)
+    headers = {"Authorization": f"Bearer {admin_token(app.clinic_id)}"}
+    webhook_routes = api_schema.include(path_regex=r"^/webhooks/(endpoints|deliveries)")
+    # When each gets more generated valid and invalid requests than the whole walk gives it
+    counts = walk(webhook_routes, 3 * EXAMPLES_WITH_TOKEN, "token", headers)
+    # Then none was a 5xx or broke its documented schema
+    assert counts["5xx"] == 0 and counts["cases"] > 0
+    with capsys.disabled():
+        print(f"\nschemathesis webhook routes: {counts}")
+
+
 def test_without_a_token_nothing_is_a_5xx_or_breaks_its_schema(
     api_schema: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

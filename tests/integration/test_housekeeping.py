@@ -203,6 +203,28 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             app.clinic_id,
             age,
         )
+    endpoint = uuid.uuid4()
+    execute(
+        app,
+        """INSERT INTO webhook_endpoints (id, clinic_id, url, event_types, secret_enc, dek,
+                                          kms_key_id)
+           VALUES (%s, %s, 'https://hooks.example/in', '{lead.created}', '', '', '')""",
+        endpoint,
+        app.clinic_id,
+    )
+    for status, age in (("delivered", "31 days"), ("retrying", "31 days"), ("failed", "1 day")):
+        execute(
+            app,
+            """INSERT INTO outbound_webhook_deliveries (id, clinic_id, endpoint_id, event_id,
+                   event_type, payload, status, delivered_at, created_at)
+               VALUES (gen_random_uuid(), %s, %s, gen_random_uuid(), 'lead.created', '{}', %s,
+                       CASE WHEN %s = 'delivered' THEN now() END, now() - %s::interval)""",
+            app.clinic_id,
+            endpoint,
+            status,
+            status,
+            age,
+        )
     for period, start in (
         ("minute", "now() - interval '2 hours'"),
         ("minute", "date_trunc('minute', now())"),
@@ -252,6 +274,7 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "outbox": 1,
         "idempotency_keys": 1,
         "webhook_deliveries": 1,
+        "outbound_webhook_deliveries": 1,
         "assistant_usage": 2,
         "lead_import_parts": 1,
         "websocket_connections": 1,
@@ -260,6 +283,10 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
     assert rows(app, "SELECT connection_id FROM websocket_connections") == [("open=",)]
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
     assert rows(app, "SELECT delivery_id FROM webhook_deliveries") == [("new",)]
+    assert rows(app, "SELECT status FROM outbound_webhook_deliveries ORDER BY status") == [
+        ("failed",),
+        ("retrying",),
+    ]
     assert rows(app, "SELECT count(*) FROM assistant_usage") == [(2,)]
     assert rows(app, "SELECT count(*) FROM lead_import_parts") == [(1,)]
     # (the jobs' events written by the UPDATEs above were never sent: they stay)

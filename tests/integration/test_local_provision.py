@@ -164,7 +164,7 @@ def test_provisioning_against_a_moto_server_is_idempotent_across_runs(moto_url: 
 def test_sqs_event_sources_point_at_the_provisioned_queue(stack: Provisioned) -> None:
     # Given the provisioned template / When the SQS event sources are listed
     sources = stack.sqs_event_sources()
-    assert len(sources) == 4
+    assert len(sources) == 5
     # Then each worker polls its real queue URL
     for source in sources:
         queue = stack.physical[source.queue_logical_id]
@@ -174,6 +174,7 @@ def test_sqs_event_sources_point_at_the_provisioned_queue(stack: Provisioned) ->
         "LlmQueue",
         "SyncQueue",
         "PushQueue",
+        "WebhooksQueue",
     }
 
 

@@ -134,6 +134,32 @@ CASES: dict[tuple[str, str], Case] = {
         lambda b: f"/provider-accounts/{b['account']}/credentials",
         lambda b: {"credentials": {"apiKey": "stolen"}},
     ),
+    ("POST", "/webhooks/endpoints"): Case(
+        "create",
+        lambda b: "/webhooks/endpoints",
+        lambda b: {"url": "https://hooks-a.example/in", "eventTypes": ["lead.created"]},
+    ),
+    ("GET", "/webhooks/endpoints"): Case("list", lambda b: "/webhooks/endpoints"),
+    ("GET", "/webhooks/endpoints/{endpoint_id}"): Case(
+        "object", lambda b: f"/webhooks/endpoints/{b['endpoint']}"
+    ),
+    ("PATCH", "/webhooks/endpoints/{endpoint_id}"): Case(
+        "object",
+        lambda b: f"/webhooks/endpoints/{b['endpoint']}",
+        lambda b: {"url": "https://stolen.example/in", "enabled": False},
+    ),
+    ("DELETE", "/webhooks/endpoints/{endpoint_id}"): Case(
+        "object", lambda b: f"/webhooks/endpoints/{b['endpoint']}"
+    ),
+    ("GET", "/webhooks/endpoints/{endpoint_id}/deliveries"): Case(
+        "object", lambda b: f"/webhooks/endpoints/{b['endpoint']}/deliveries"
+    ),
+    ("GET", "/webhooks/deliveries/{delivery_id}"): Case(
+        "object", lambda b: f"/webhooks/deliveries/{b['delivery']}"
+    ),
+    ("POST", "/webhooks/deliveries/{delivery_id}/replay"): Case(
+        "object", lambda b: f"/webhooks/deliveries/{b['delivery']}/replay"
+    ),
     ("GET", "/metrics/daily"): Case("list", lambda b: "/metrics/daily"),
     ("GET", "/metrics/summary"): Case("list", lambda b: "/metrics/summary"),
 }
@@ -255,6 +281,18 @@ def objects_of_b(app: App, call: Caller, monkeypatch: pytest.MonkeyPatch) -> dic
         },
     )
     made["account"] = account["id"]
+    made["endpoint"] = create(
+        "/webhooks/endpoints", {"url": "https://hooks-b.example/in", "eventTypes": ["lead.created"]}
+    )["id"]
+    # A delivery of B's lead.created to that endpoint, as WebhookWorker's fan-out writes it.
+    made["delivery"] = str(uuid.uuid4())
+    with psycopg.connect(app.database_url) as conn:
+        conn.execute(
+            """INSERT INTO outbound_webhook_deliveries
+                   (id, clinic_id, endpoint_id, event_id, event_type, payload)
+               VALUES (%s, %s, %s, %s, 'lead.created', '{}')""",
+            (made["delivery"], b, made["endpoint"], uuid.uuid4()),
+        )
     return made
 
 
@@ -289,7 +327,9 @@ ROLE_GUARDED = {
     **{
         route: ("[staff]", "admin role")
         for route in CASES
-        if route[1].startswith("/provider-accounts")
+        if route[1].startswith(
+            ("/provider-accounts", "/webhooks/endpoints", "/webhooks/deliveries")
+        )
     },
     # A clinic's admin is not an operator: queues and dead letters are every clinic's.
     **{route: ("[staff admin]", "operator role") for route in OPERATOR_ONLY},
@@ -302,7 +342,7 @@ def test_role_guarded_routes_refuse_a_token_without_the_role(
 ) -> None:
     # Given a token of the clinic that lacks the route's role
     roles, needed = ROLE_GUARDED[route]
-    ids = {"account": str(uuid.uuid4())}
+    ids = {name: str(uuid.uuid4()) for name in ("account", "endpoint", "delivery")}
     case = CASES.get(route)
     path = case.path(ids) if case else route[1]
     body = case.body(ids) if case and case.body else ({"all": True} if route[0] == "POST" else None)
@@ -334,7 +374,8 @@ def test_role_guarded_routes_refuse_before_looking_at_the_body(
     # Given a token of the clinic that lacks the route's role, and a bad body
     roles, needed = ROLE_GUARDED[route]
     case = CASES.get(route)
-    path = case.path({"account": str(uuid.uuid4())}) if case else route[1]
+    ids = {name: str(uuid.uuid4()) for name in ("account", "endpoint", "delivery")}
+    path = case.path(ids) if case else route[1]
     # When it calls the route with that body
     status, answer = call(
         route[0], path, body, clinic=app.clinic_id, roles=roles, content_type=content_type

@@ -391,6 +391,12 @@ def stack() -> Provisioned:
             "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-LlmQueue",
             "QueueName": "frontdesk-local-LlmQueue",
         },
+        "WebhooksQueue": {
+            "Ref": "http://localhost/123456789012/frontdesk-local-WebhooksQueue",
+            "QueueUrl": "http://localhost/123456789012/frontdesk-local-WebhooksQueue",
+            "Arn": "arn:aws:sqs:us-east-1:123456789012:frontdesk-local-WebhooksQueue",
+            "QueueName": "frontdesk-local-WebhooksQueue",
+        },
         "SyncQueue": {
             "Ref": "http://localhost/123456789012/frontdesk-local-SyncQueue",
             "QueueUrl": "http://localhost/123456789012/frontdesk-local-SyncQueue",
@@ -437,7 +443,13 @@ def test_functions_take_timeout_from_the_function_or_globals(stack: Provisioned)
 def test_sqs_event_sources(stack: Provisioned) -> None:
     # Given the real template / When its SQS event sources are listed
     sources = {s.function_logical_id: s for s in stack.sqs_event_sources()}
-    assert set(sources) == {"NotifyWorker", "LlmWorker", "SyncWorker", "PushWorker"}
+    assert set(sources) == {
+        "NotifyWorker",
+        "LlmWorker",
+        "SyncWorker",
+        "PushWorker",
+        "WebhookWorker",
+    }
     assert sources["SyncWorker"].queue_logical_id == "SyncQueue"
     assert sources["SyncWorker"].visibility_timeout == 721
     source = sources["NotifyWorker"]

@@ -319,7 +319,7 @@ def test_the_budget_check_catches_a_function_without_a_share_and_an_overdrawn_bu
     problems = budget_problems(broken(transformed, overdraw))
     # Then both are named
     assert "NewWorker has no share in ConnectionBudget 20" in problems
-    assert "budget 20: the functions can hold 22 connections" in problems
+    assert "budget 20: the functions can hold 23 connections" in problems
 
 
 def test_the_budget_check_catches_a_worker_past_its_share_or_the_api_without_the_limit(
@@ -333,7 +333,7 @@ def test_the_budget_check_catches_a_worker_past_its_share_or_the_api_without_the
     problems = budget_problems(broken(transformed, widen))
     # Then the worker is named, and the API's ceiling is no longer covered by the database
     assert "LlmWorker: 50 environments hold more than its share 2 of budget 20" in problems
-    assert "ApiFunction: 9 environments hold more than its share 3 of budget 20" in problems
+    assert "ApiFunction: 6 environments hold more than its share 2 of budget 20" in problems
 
 
 def test_the_network_and_database_checks_catch_what_they_promise(transformed: Template) -> None:

@@ -377,6 +377,14 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("GET", "/provider-accounts", "StaffJwt"),
         ("GET", "/provider-accounts/{id}", "StaffJwt"),
         ("PUT", "/provider-accounts/{id}/credentials", "StaffJwt"),
+        ("POST", "/webhooks/endpoints", "StaffJwt"),
+        ("GET", "/webhooks/endpoints", "StaffJwt"),
+        ("GET", "/webhooks/endpoints/{id}", "StaffJwt"),
+        ("PATCH", "/webhooks/endpoints/{id}", "StaffJwt"),
+        ("DELETE", "/webhooks/endpoints/{id}", "StaffJwt"),
+        ("GET", "/webhooks/endpoints/{id}/deliveries", "StaffJwt"),
+        ("GET", "/webhooks/deliveries/{id}", "StaffJwt"),
+        ("POST", "/webhooks/deliveries/{id}/replay", "StaffJwt"),
     }
     # And the open route is throttled harder than the API's default
     defaults = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]

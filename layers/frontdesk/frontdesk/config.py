@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     llm_dlq_url: str = ""
     sync_dlq_url: str = ""
     push_dlq_url: str = ""
+    webhooks_dlq_url: str = ""
 
     # Live screens: the push queue (domain events from the bus) and the WebSocket API's
     # @connections endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage}).
@@ -169,6 +170,28 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=10 * 1000 * 1000, ge=1024, le=10 * 1000 * 1000)
     import_chunk_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
 
+    # Outbound webhooks (frontdesk.webhooks): the webhooks queue takes the events a rule routes
+    # to it and the deliveries they fan out to (WebhookWorker).
+    webhooks_queue_url: str = ""
+    # One call to a receiver: connecting, and each read of its answer (a slow receiver fails
+    # its own attempt, never holds up the others of its batch for longer).
+    webhook_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
+    webhook_read_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    # Retries: the message reappears after a full-jitter backoff, random(0, min(max,
+    # base * 2^(attempt-1))) seconds (SQS caps a delay at 900 s). The attempts are the
+    # queue's maxReceiveCount (MAX_RECEIVE_COUNT).
+    webhook_retry_base_seconds: float = Field(default=60.0, ge=0, le=900)
+    webhook_retry_max_seconds: float = Field(default=900.0, ge=0, le=900)
+    # An endpoint whose attempts failed this many times in a row is disabled (and a
+    # webhook.endpoint_disabled event says so).
+    webhook_disable_after_failures: int = Field(default=10, ge=1, le=1000)
+    # Receiver URLs must be https:// and name public addresses (frontdesk.sync.egress), at
+    # registration and again, after DNS, at every send. For tests and `make dev` only:
+    # plain http:// and these host names, addresses or networks (CIDR, comma-separated)
+    # although not public. Unset: nothing (the local runtime and the tests set loopback).
+    webhook_allow_http: bool = False
+    webhook_allowed_hosts: str = ""
+
     # Housekeeping: jobs left behind (frontdesk.ops.stuck_jobs). A job no worker has touched
     # for this long, its message not in the outbox either, has its message sent again; it
     # must exceed the longest a live message stays out of sight (SyncQueue's visibility
@@ -203,7 +226,7 @@ class Settings(BaseSettings):
             sslrootcert=self.db_sslrootcert,
         )
 
-    @field_validator("provider_allowed_hosts")
+    @field_validator("provider_allowed_hosts", "webhook_allowed_hosts")
     @classmethod
     def _allow_list(cls, value: str | None) -> str | None:
         for entry in (value or "").split(","):
@@ -219,6 +242,10 @@ class Settings(BaseSettings):
             raw = "127.0.0.1,::1,localhost" if self.frontdesk_env == "local" else ""
         return [entry.strip() for entry in raw.split(",") if entry.strip()]
 
+    def webhook_allow_list(self) -> list[str]:
+        """WEBHOOK_ALLOWED_HOSTS as a list."""
+        return [e.strip() for e in self.webhook_allowed_hosts.split(",") if e.strip()]
+
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
         return {
@@ -226,6 +253,7 @@ class Settings(BaseSettings):
             "llm": self.llm_queue_url,
             "sync": self.sync_queue_url,
             "push": self.push_queue_url,
+            "webhooks": self.webhooks_queue_url,
         }
 
     def dead_letter_queues(self) -> dict[str, tuple[str, str]]:

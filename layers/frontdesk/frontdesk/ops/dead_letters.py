@@ -7,8 +7,9 @@ harmless: a DLQ has no redrive policy of its own.
 
 The reason: a body the worker's own parser rejects is explained by that parser (the same
 PermanentMessageError the worker logged); a message that names a job shows the job's
-status and its last error (workers keep it on the job row); anything else points at the
-worker's logs by message id.
+status and its last error (workers keep it on the job row), one that names an outbound
+webhook delivery the delivery's state and last error; anything else points at the worker's
+logs by message id.
 
 Replay sends a copy of each chosen message (body and attributes) to the queue whose
 RedrivePolicy names the DLQ, then deletes the original. Dead jobs named by replayed
@@ -79,6 +80,7 @@ class DeadLetter(ApiModel):
     reason: str
     job_id: UUID | None = None
     job_status: str | None = None
+    delivery_id: UUID | None = None
     kind: str | None = None
     request_id: str | None = None
 
@@ -111,6 +113,16 @@ def _job_id(body: str) -> UUID | None:
         return UUID(str(data["jobId"])) if isinstance(data, dict) and "jobId" in data else None
     except (ValueError, TypeError):
         return None
+
+
+def _delivery_id(body: str) -> UUID | None:
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and "deliveryId" in data:
+            return UUID(str(data["deliveryId"]))
+    except (ValueError, TypeError):
+        pass
+    return None
 
 
 def _kind(body: str) -> str | None:
@@ -204,6 +216,7 @@ def list_dead_letters(db: Database, sqs: Any, dlqs: Sequence[DeadLetterQueue]) -
                     sent_at=_sent_at(message),
                     reason=rejection(dlq.name, body) or "",
                     job_id=_job_id(body),
+                    delivery_id=_delivery_id(body),
                     kind=_kind(body),
                     request_id=_request_id(message),
                 )
@@ -216,10 +229,19 @@ def _explain(db: Database, letters: list[DeadLetter]) -> None:
     job_ids = [
         letter.job_id for letter in letters if letter.job_id is not None and not letter.reason
     ]
+    delivery_ids = [
+        letter.delivery_id
+        for letter in letters
+        if letter.delivery_id is not None and not letter.reason
+    ]
     found = {}
-    if job_ids:
+    deliveries: dict[UUID, str] = {}
+    if job_ids or delivery_ids:
+        from frontdesk.webhooks.delivery import explain
+
         with transaction(db) as cur:
-            found = jobs.errors_of(cur, job_ids)
+            found = jobs.errors_of(cur, job_ids) if job_ids else {}
+            deliveries = explain(cur, delivery_ids)
     for letter in letters:
         job = found.get(letter.job_id) if letter.job_id is not None else None
         if job is not None:
@@ -228,6 +250,8 @@ def _explain(db: Database, letters: list[DeadLetter]) -> None:
             if not letter.reason:
                 error = job["error"] or "no error recorded"
                 letter.reason = f"job {job['status']} after {job['attempts']} attempts: {error}"
+        if not letter.reason and letter.delivery_id in deliveries:
+            letter.reason = deliveries[letter.delivery_id]
         if not letter.reason:
             letter.reason = (
                 "no reason recorded: the worker logged it with message_id " + letter.message_id

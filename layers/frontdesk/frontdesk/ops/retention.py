@@ -5,6 +5,8 @@ them, on Housekeeping's hourly run. One setting per table (RETENTION_*):
 - `idempotency_keys`: keys older than RETENTION_IDEMPOTENCY_KEYS_HOURS (a retry after that
   is a new request);
 - `webhook_deliveries`: deliveries received more than RETENTION_WEBHOOK_DELIVERIES_DAYS ago;
+- `outbound_webhook_deliveries` (and their attempts): outbound deliveries that ended, made
+  more than RETENTION_WEBHOOK_DELIVERIES_DAYS ago;
 - `assistant_usage`: day rows older than RETENTION_ASSISTANT_USAGE_DAYS, minute rows after
   an hour;
 - `lead_import_parts`: files of imports whose job ended more than
@@ -31,6 +33,7 @@ from frontdesk.platform.crypto import EnvelopeCipher
 from frontdesk.platform.db import Database
 from frontdesk.push import connections
 from frontdesk.sync import webhooks
+from frontdesk.webhooks import delivery as outbound
 
 # Rows per statement; parts are up to 1 MiB each, so fewer of them at once.
 _BATCH = 5000
@@ -75,6 +78,12 @@ def run(
         ),
         "webhook_deliveries": (
             lambda n: webhooks.purge_deliveries(
+                db, older_than_days=policy.webhook_deliveries_days, limit=n
+            ),
+            _BATCH,
+        ),
+        "outbound_webhook_deliveries": (
+            lambda n: outbound.purge_ended(
                 db, older_than_days=policy.webhook_deliveries_days, limit=n
             ),
             _BATCH,

@@ -2,10 +2,12 @@
 
 Three queues take handed-off work. A queue carries job messages (a row of `jobs` to work
 on), and the notifications queue also reminders and the appointment events an EventBridge
-rule routes to it. A `JobKind` knows its queue, so a producer names the kind of work and
-never a queue; each queue has one parser (`parse`), used by its worker and by the
-dead-letter routes to explain a body the worker refused. A refusal names fields and error
-types, never values: a message may carry PII.
+rule routes to it. The push queue carries domain events (a rule routes them); the webhooks
+queue domain events (to fan out to the clinic's endpoints) and outbound deliveries. A
+`JobKind` knows its queue, so a producer names the kind of work and never a queue; each
+queue has one parser (`parse`), used by its worker and by the dead-letter routes to explain
+a body the worker refused. A refusal names fields and error types, never values: a message
+may carry PII.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Queue(StrEnum):
     LLM = "llm"
     SYNC = "sync"
     PUSH = "push"
+    WEBHOOKS = "webhooks"
 
     @property
     def label(self) -> str:
@@ -87,6 +90,9 @@ class EventType(StrEnum):
     # the text travels encrypted).
     ASSISTANT_REPLY_DELTA = "assistant.reply.delta"
     ASSISTANT_REPLY_DONE = "assistant.reply.done"
+    # An outbound webhook endpoint was disabled after a run of failed attempts
+    # (frontdesk.webhooks.delivery).
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"
 
 
 EVENT_SOURCE = "frontdesk"
@@ -113,6 +119,20 @@ class ReminderMessage(BaseModel):
 
     reminder_id: UUID = Field(alias="reminderId")
     kind: Literal["appointment.reminder"] = "appointment.reminder"
+    clinic_id: UUID = Field(alias="clinicId")
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class WebhookDeliveryMessage(BaseModel):
+    """`{"deliveryId", "kind": "webhook.delivery", "clinicId"}`: one outbound delivery to
+    attempt (its row holds the endpoint, the body and the attempts so far)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    delivery_id: UUID = Field(alias="deliveryId")
+    kind: Literal["webhook.delivery"] = "webhook.delivery"
     clinic_id: UUID = Field(alias="clinicId")
 
     def body(self) -> dict[str, Any]:
@@ -154,6 +174,7 @@ class BusEvent(BaseModel):
     source: Literal["frontdesk"]
     detail_type: EventType = Field(alias="detail-type")
     detail: dict[str, Any]
+    time: str | None = None  # when EventBridge took the event (ISO 8601, UTC)
     event_id: UUID = Field(alias="eventId")
     clinic_id: UUID = Field(alias="clinicId")
 
@@ -166,7 +187,9 @@ class BusEvent(BaseModel):
         return data
 
 
-type QueueMessage = JobMessage | ReminderMessage | AppointmentEvent | BusEvent
+type QueueMessage = (
+    JobMessage | ReminderMessage | AppointmentEvent | BusEvent | WebhookDeliveryMessage
+)
 
 
 def validation_reasons(exc: ValidationError) -> str:
@@ -209,6 +232,15 @@ def parse(queue: Queue, body: str) -> QueueMessage:
     if queue in _EVENTS:
         event: BusEvent = parse_model(BusEvent, body, queue.label)
         return event
+    if queue is Queue.WEBHOOKS:
+        # A domain event from the bus (it has a detail-type), else a delivery to attempt.
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise PermanentMessageError(f"malformed {queue.label} message (not JSON)") from None
+        if isinstance(data, dict) and "detail-type" in data:
+            return parse_model(BusEvent, body, queue.label)
+        return parse_model(WebhookDeliveryMessage, body, queue.label)
     if queue is not Queue.NOTIFICATIONS:
         return parse_model(_JOB_MESSAGES[queue], body, queue.label)
     try:

@@ -1,10 +1,12 @@
-"""Where a provider may be called: public addresses only (the SSRF guard).
+"""Where a provider (or a clinic's webhook receiver) may be called: public addresses only
+(the SSRF guard).
 
-A provider's base URL is typed by a clinic admin, so it could point the workers at the
-instance metadata service (169.254.169.254), the database, or anything else inside the VPC.
-Refused: every address that is not globally routable (`ipaddress`'s `is_global`: loopback,
-private, link-local and so the metadata service, carrier-grade NAT, unspecified, reserved,
-documentation ranges) and multicast, an IPv4 address inside IPv6 included.
+A provider's base URL, like an outbound webhook's URL, is typed by a clinic admin, so it
+could point the workers at the instance metadata service (169.254.169.254), the database, or
+anything else inside the VPC. Refused: every address that is not globally routable
+(`ipaddress`'s `is_global`: loopback, private, link-local and so the metadata service,
+carrier-grade NAT, unspecified, reserved, documentation ranges) and multicast, an IPv4
+address inside IPv6 included.
 
 The URL is checked when the account is saved (scheme, no credentials in it, no address
 literal or name of that kind); DNS is not asked then, as the answer may change. Each call
@@ -14,7 +16,8 @@ rebinding). Redirects are not followed and proxies from the environment are not 
 would connect somewhere that was not checked.
 
 `allowed` names hosts (exact names) and addresses or networks (CIDR) that may be called
-although not public: the local fake provider on 127.0.0.1 (PROVIDER_ALLOWED_HOSTS).
+although not public: the local fake provider on 127.0.0.1 (PROVIDER_ALLOWED_HOSTS), loopback
+webhook receivers in tests and `make dev` (WEBHOOK_ALLOWED_HOSTS).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ _INTERNAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhos
 
 
 class EgressRefused(Exception):
-    """The provider's address is not one a worker may call (the adapter makes it a
-    ProviderRejected: calling again cannot help)."""
+    """The host's address is not one a worker may call (the provider adapter makes it a
+    ProviderRejected, the webhook sender a failed attempt: calling again cannot help)."""
 
 
 def public(address: Address) -> bool:
@@ -78,15 +81,29 @@ def _literal(host: str) -> Address | None:
 
 @dataclass(frozen=True)
 class Egress:
-    """The rule for a clinic's provider URLs, and an opener that keeps it on every call."""
+    """The rule for a clinic's provider (or webhook) URLs, and an opener that keeps it on
+    every call. `read_timeout`: once connected, each read may take this long (None: the
+    connect timeout, as urllib's single timeout does)."""
 
     allow_http: bool = False
     allowed_hosts: frozenset[str] = frozenset()
     allowed_networks: tuple[Network, ...] = ()
+    read_timeout: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Egress:
         return cls.of(settings.provider_allow_http, settings.provider_allow_list())
+
+    @classmethod
+    def for_webhooks(cls, settings: Settings) -> Egress:
+        """The rule for outbound webhook receivers (WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOWED_HOSTS)."""
+        rule = cls.of(settings.webhook_allow_http, settings.webhook_allow_list())
+        return cls(
+            rule.allow_http,
+            rule.allowed_hosts,
+            rule.allowed_networks,
+            read_timeout=settings.webhook_read_timeout_seconds,
+        )
 
     @classmethod
     def of(cls, allow_http: bool, allowed: Iterable[str]) -> Egress:
@@ -106,8 +123,8 @@ class Egress:
             or any(address in network for network in self.allowed_networks)
         )
 
-    def check_url(self, url: str) -> None:
-        """A base URL as it is saved; InvalidInput saying what is wrong with it."""
+    def check_url(self, url: str, field: str = "apiBaseUrl") -> None:
+        """A URL as it is saved; InvalidInput saying what is wrong with `field`."""
         try:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port  # port raises for a non-numeric one
@@ -123,7 +140,7 @@ class Egress:
             or (port is not None and not 0 < port < 65536)
         ):
             raise InvalidInput(
-                "apiBaseUrl must be an https:// URL without credentials"
+                f"{field} must be an https:// URL without credentials"
                 + (" (or http:// locally)" if self.allow_http else "")
             )
         name = host.lower().rstrip(".")
@@ -132,16 +149,16 @@ class Egress:
         address = _literal(name)
         if address is not None:
             if not self.allows(name, address):
-                raise InvalidInput("apiBaseUrl must name a public address")
+                raise InvalidInput(f"{field} must name a public address")
         elif name in _INTERNAL_NAMES or name.endswith(_INTERNAL_SUFFIXES) or "." not in name:
-            raise InvalidInput("apiBaseUrl must name a public host")
+            raise InvalidInput(f"{field} must name a public host")
 
     def connect(self, host: str, port: int, timeout: float | None) -> socket.socket:
         """A socket to `host` connected to one of its addresses that the rule allows."""
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise OSError(f"cannot resolve the provider's host ({type(exc).__name__})") from None
+            raise OSError(f"cannot resolve the host ({type(exc).__name__})") from None
         candidates = [
             (family, kind, proto, sockaddr)
             for family, kind, proto, _, sockaddr in found
@@ -149,7 +166,7 @@ class Egress:
         ]
         if not candidates:
             raise EgressRefused(
-                "the provider's host resolves to no public address (private, loopback,"
+                "the host resolves to no public address (private, loopback,"
                 " link-local or metadata addresses are refused)"
             )
         error: OSError | None = None
@@ -158,6 +175,8 @@ class Egress:
             try:
                 sock.settimeout(timeout)
                 sock.connect(sockaddr)
+                if self.read_timeout is not None:
+                    sock.settimeout(self.read_timeout)
                 return sock
             except OSError as exc:
                 sock.close()

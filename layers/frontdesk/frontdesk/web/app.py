@@ -16,9 +16,26 @@ from fastapi import FastAPI
 
 from frontdesk.config import Settings
 from frontdesk.web.http import RequestContextMiddleware, install_error_handlers
-from frontdesk.web.routes import appointments, assistant, dashboard, jobs, leads, ops, sync
+from frontdesk.web.routes import (
+    appointments,
+    assistant,
+    dashboard,
+    jobs,
+    leads,
+    ops,
+    sync,
+    webhooks,
+)
 
-API_ROUTERS: tuple[ModuleType, ...] = (leads, jobs, assistant, appointments, sync, dashboard)
+API_ROUTERS: tuple[ModuleType, ...] = (
+    leads,
+    jobs,
+    assistant,
+    appointments,
+    sync,
+    dashboard,
+    webhooks,
+)
 OPS_ROUTERS: tuple[ModuleType, ...] = (ops,)
 
 

@@ -1,0 +1,2 @@
+"""Outbound webhooks: a clinic's endpoints (endpoints.py) and the signed deliveries of its
+events to them (delivery.py)."""
