@@ -45,10 +45,16 @@ BEGIN
     -- A new booking, one booked again or one moved (time or doctor) needs an active doctor.
     -- FOR SHARE: a deactivation running now waits for this booking to commit (and then
     -- lists it for rebooking), or this booking waits for the deactivation and is refused.
+    -- A provider's upsert (INSERT ... ON CONFLICT DO UPDATE) of a booking stored before
+    -- fires this for the row it proposes too; the update it becomes is checked as an update.
     IF NEW.status = 'booked'
        AND (TG_OP = 'INSERT' OR OLD.status <> 'booked'
             OR (NEW.doctor_id, NEW.starts_at, NEW.ends_at)
-               IS DISTINCT FROM (OLD.doctor_id, OLD.starts_at, OLD.ends_at)) THEN
+               IS DISTINCT FROM (OLD.doctor_id, OLD.starts_at, OLD.ends_at))
+       AND NOT (TG_OP = 'INSERT' AND NEW.external_id IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM appointments a
+                    WHERE a.clinic_id = NEW.clinic_id AND a.provider = NEW.provider
+                      AND a.external_id = NEW.external_id)) THEN
         SELECT d.active INTO doctor_active
         FROM doctors d WHERE d.id = NEW.doctor_id AND d.clinic_id = NEW.clinic_id
         FOR SHARE;

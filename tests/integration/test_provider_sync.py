@@ -719,8 +719,7 @@ def test_an_import_stored_before_files_were_encrypted_still_imports(
 
 
 def mapped_doctor(app: App, api: Any, external_id: str, name: str = "Dr. Provider") -> str:
-    """A doctor of the clinic mapped to the provider's doctor id (set in the database: the
-    doctors API does not take provider ids yet)."""
+    """A doctor of the clinic mapped to the provider's doctor id (PATCH /doctors/{id})."""
     body = {
         "name": name,
         "slotMinutes": 30,
@@ -731,11 +730,11 @@ def mapped_doctor(app: App, api: Any, external_id: str, name: str = "Dr. Provide
     )
     assert status == 201, created
     doctor_id: str = created["data"]["id"]
-    with psycopg.connect(app.database_url) as conn:
-        conn.execute(
-            "UPDATE doctors SET provider = 'generic', external_id = %s WHERE id = %s",
-            (external_id, doctor_id),
-        )
+    patch = {"providerIds": {"generic": external_id}}
+    status, _, updated = call(
+        api, http_event("PATCH", f"/doctors/{doctor_id}", body=patch, clinic_id=app.clinic_id)
+    )
+    assert status == 200 and updated["data"]["providerIds"] == {"generic": external_id}, updated
     return doctor_id
 
 
