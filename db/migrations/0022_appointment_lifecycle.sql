@@ -6,7 +6,7 @@
 --     booked appointments stay as they are, listed for rebooking, never cancelled here;
 --   * a doctor's ids at providers, one per provider, unique per provider in a clinic;
 --   * an index for the operators' job metrics (GET /ops/jobs).
--- Needs 0002 (appointments, doctors) and 0008 (doctors.provider / external_id).
+-- Needs 0002 (appointments, doctors) and 0008 (doctors.provider / external_id, copied).
 
 -- When the outcome (completed or no_show) was recorded; set by the trigger below.
 ALTER TABLE appointments ADD COLUMN outcome_at timestamptz;
@@ -94,11 +94,10 @@ CREATE TABLE doctor_provider_ids (
 );
 INSERT INTO doctor_provider_ids (clinic_id, doctor_id, provider, external_id)
 SELECT clinic_id, id, provider, external_id FROM doctors WHERE external_id IS NOT NULL;
-DROP INDEX doctors_external;
-ALTER TABLE doctors
-    DROP CONSTRAINT doctors_external_pair,
-    DROP COLUMN provider,
-    DROP COLUMN external_id;
+-- doctors.provider / external_id (0008) are no longer read or written; they stay for the
+-- release before this one (expand, then contract) and go in a later migration.
+COMMENT ON COLUMN doctors.external_id IS 'unused since 0022 (doctor_provider_ids); to drop';
+COMMENT ON COLUMN doctors.provider IS 'unused since 0022 (doctor_provider_ids); to drop';
 
 -- GET /ops/jobs: every clinic's jobs created in a window, read from the index alone.
 CREATE INDEX jobs_created ON jobs (created_at) INCLUDE (kind, status, started_at, finished_at);
