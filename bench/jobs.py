@@ -53,8 +53,9 @@ GENERATE = [
                     THEN t.created + interval '50 milliseconds'
                          + make_interval(secs => 0.05 + 30 * random() ^ 3) END
         FROM generate_series(1, {JOBS}) i,
-             LATERAL (SELECT now() - interval '{DAYS} days' * random() AS created,
-                             random() AS r) t,
+             -- `0 * i`: correlated, so drawn per row (else evaluated once)
+             LATERAL (SELECT now() - interval '{DAYS} days' * random() + 0 * i * interval '1s'
+                             AS created, random() + 0 * i AS r) t,
              LATERAL (SELECT CASE WHEN t.r < 0.90 THEN 'succeeded' WHEN t.r < 0.94 THEN 'failed'
                                   WHEN t.r < 0.95 THEN 'dead' WHEN t.r < 0.97 THEN 'cancelled'
                                   WHEN t.r < 0.985 THEN 'running' ELSE 'queued' END
