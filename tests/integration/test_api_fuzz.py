@@ -129,6 +129,94 @@ def test_without_a_token_nothing_is_a_5xx_or_breaks_its_schema(
         print(f"\nschemathesis without token: {counts}")
 
 
+# The appointment and doctor lifecycle routes with ids that exist: walked with random ids,
+# they mostly answer 404, so here the path names a real doctor and appointment of the clinic
+# (an appointment that has begun, so an outcome can be recorded) and the rest is generated.
+LIFECYCLE_ROUTES = [
+    ("GET", "/appointments/{appointment_id}"),
+    ("PATCH", "/appointments/{appointment_id}"),
+    ("GET", "/doctors/{doctor_id}"),
+    ("PATCH", "/doctors/{doctor_id}"),
+    ("POST", "/doctors/{doctor_id}/deactivate"),
+    ("POST", "/doctors/{doctor_id}/activate"),
+    ("GET", "/doctors/{doctor_id}/appointments"),
+    ("GET", "/ops/jobs"),
+]
+EXAMPLES_ON_REAL_IDS = 15
+
+
+def real_ids(asgi_app: Any, token: dict[str, str], app: App) -> dict[str, str]:
+    import psycopg
+    from starlette.testclient import TestClient
+
+    client = TestClient(asgi_app, raise_server_exceptions=False)
+    hours = [{"weekday": d, "start": "08:00", "end": "18:00"} for d in range(1, 8)]
+    doctor = client.post(
+        "/doctors", json={"name": "Dr. Fuzz", "workingHours": hours}, headers=token
+    ).json()["data"]["id"]
+    person = {"name": "Fuzz Patient", "email": "fuzz@example.org"}
+    created = client.post("/patients", json=person, headers=token)
+    assert created.status_code == 201, created.text
+    patient = created.json()["data"]["id"]
+    day = datetime.now(UTC).date() + timedelta(days=2)
+    starts = datetime(day.year, day.month, day.day, 9, tzinfo=UTC).isoformat()
+    booked = client.post(
+        "/appointments",
+        json={"doctorId": doctor, "patientId": patient, "startsAt": starts},
+        headers=token,
+    )
+    assert booked.status_code == 201, booked.text
+    appointment = booked.json()["data"]["id"]
+    with psycopg.connect(app.database_url) as conn:  # begun an hour ago
+        conn.execute(
+            """UPDATE appointments SET starts_at = now() - interval '1 hour',
+                      ends_at = now() - interval '30 minutes' WHERE id = %s""",
+            (appointment,),
+        )
+    return {"doctor_id": doctor, "appointment_id": appointment}
+
+
+@pytest.mark.slow
+def test_lifecycle_routes_on_real_ids_answer_no_5xx_and_keep_their_schema(
+    api_schema: Any, asgi_app: Any, app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from schemathesis import GenerationMode
+
+    # Given a doctor and a begun appointment of the token's clinic
+    token = {"Authorization": f"Bearer {admin_token(app.clinic_id)}"}
+    ids = real_ids(asgi_app, token, app)
+    statuses: dict[str, set[int]] = {}
+    for method, path in LIFECYCLE_ROUTES:
+        operation = api_schema[path][method]
+        for generation_mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=EXAMPLES_ON_REAL_IDS,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=operation.as_strategy(generation_mode=generation_mode))
+            def check(case: Any) -> None:
+                # When generated requests reach the real objects
+                case.path_parameters = {
+                    name: ids[name] for name in (case.path_parameters or {}) if name in ids
+                }
+                case.headers = {**(case.headers or {}), **token}
+                response = case.call()
+                statuses.setdefault(case.operation.label, set()).add(response.status_code)
+                # Then none is a 5xx or off its documented schema
+                case.validate_response(response, checks=CHECKS)
+
+            check()
+    # And the generated requests did reach them (some answers other than 404 and 422)
+    reached = {route for route, seen in statuses.items() if seen - {404, 422}}
+    assert reached == {f"{m} {p}" for m, p in LIFECYCLE_ROUTES}, statuses
+    with capsys.disabled():
+        print(f"\nschemathesis on real ids: {statuses}")
+
+
 # ---------------------------------------------------------------- the promised refusals
 
 

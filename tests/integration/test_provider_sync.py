@@ -719,8 +719,7 @@ def test_an_import_stored_before_files_were_encrypted_still_imports(
 
 
 def mapped_doctor(app: App, api: Any, external_id: str, name: str = "Dr. Provider") -> str:
-    """A doctor of the clinic mapped to the provider's doctor id (set in the database: the
-    doctors API does not take provider ids yet)."""
+    """A doctor of the clinic mapped to the provider's doctor id (PATCH /doctors/{id})."""
     body = {
         "name": name,
         "slotMinutes": 30,
@@ -731,11 +730,11 @@ def mapped_doctor(app: App, api: Any, external_id: str, name: str = "Dr. Provide
     )
     assert status == 201, created
     doctor_id: str = created["data"]["id"]
-    with psycopg.connect(app.database_url) as conn:
-        conn.execute(
-            "UPDATE doctors SET provider = 'generic', external_id = %s WHERE id = %s",
-            (external_id, doctor_id),
-        )
+    patch = {"providerIds": {"generic": external_id}}
+    status, _, updated = call(
+        api, http_event("PATCH", f"/doctors/{doctor_id}", body=patch, clinic_id=app.clinic_id)
+    )
+    assert status == 200 and updated["data"]["providerIds"] == {"generic": external_id}, updated
     return doctor_id
 
 
@@ -960,6 +959,74 @@ def test_provider_bookings_for_unknown_doctors_or_taken_slots_are_skipped_with_a
         (f"{MONDAY} 09:00:00+00",)
     ]
     assert len(booking_events(sync_app)) == 2
+
+
+def test_provider_bookings_of_a_deactivated_doctor_are_skipped_but_cancellations_apply(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given a mapped doctor with a provider booking at 09:00, then deactivated here
+    account = connect(sync_app, api, worker, fake)
+    doctor = mapped_doctor(sync_app, api, "D-1")
+    booked = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T09:00:00+00:00",
+        f"{MONDAY}T09:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    assert sync_booking(sync_app, api, worker, account, booked)["bookings"]["created"] == 1
+    status, _, deactivated = call(
+        api,
+        http_event("POST", f"/doctors/{doctor}/deactivate", clinic_id=sync_app.clinic_id),
+    )
+    assert status == 200, deactivated
+    assert len(deactivated["data"]["upcomingAppointments"]) == 1
+    # When the provider sends a new booking of the doctor, and the old one again unchanged
+    new = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T10:00:00+00:00",
+        f"{MONDAY}T10:30:00+00:00",
+        "Grace Hopper",
+        "grace@example.org",
+        booking_id="B-2",
+    )
+    result = sync_booking(sync_app, api, worker, account, new)
+    again = sync_booking(sync_app, api, worker, account, {**booked, "id": "chg_again"})
+    # Then the new one is skipped, saying why; the old one is unchanged, not refused
+    assert result["bookings"]["skipped"] == 1
+    assert result["skippedBookings"] == [
+        {"externalId": "B-2", "reason": "doctor 'D-1' is inactive"}
+    ]
+    assert again["bookings"]["unchanged"] == 1
+    # When the provider moves the old one / Then it is skipped and stays where it was
+    moved = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T11:00:00+00:00",
+        f"{MONDAY}T11:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+    )
+    assert sync_booking(sync_app, api, worker, account, moved)["bookings"]["skipped"] == 1
+    # When the provider cancels it / Then the cancellation applies
+    cancelled = fake.add_booking(
+        "D-1",
+        f"{MONDAY}T09:00:00+00:00",
+        f"{MONDAY}T09:30:00+00:00",
+        "Ada Lovelace",
+        "ada@example.org",
+        booking_id="B-1",
+        status="cancelled",
+    )
+    assert sync_booking(sync_app, api, worker, account, cancelled)["bookings"]["updated"] == 1
+    assert rows(sync_app, "SELECT external_id, starts_at::text, status FROM appointments") == [
+        ("B-1", f"{MONDAY} 09:00:00+00", "cancelled")
+    ]
+    assert [e[0] for e in booking_events(sync_app)] == [
+        "appointment.booked",
+        "appointment.cancelled",
+    ]
 
 
 def test_two_workers_booking_one_new_person_create_one_patient(

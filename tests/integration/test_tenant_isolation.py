@@ -33,6 +33,7 @@ OPERATOR_ONLY = {
     ("POST", "/ops/dead-letters/replay"),
     ("GET", "/ops/queues"),
     ("GET", "/ops/jobs/stuck"),
+    ("GET", "/ops/jobs"),
 }
 
 
@@ -96,6 +97,21 @@ CASES: dict[tuple[str, str], Case] = {
         lambda b: {"name": "Dr. A", "specialty": "GP", "slotMinutes": 30, "workingHours": HOURS},
     ),
     ("GET", "/doctors"): Case("list", lambda b: "/doctors"),
+    ("GET", "/doctors/{doctor_id}"): Case("object", lambda b: f"/doctors/{b['doctor']}"),
+    ("PATCH", "/doctors/{doctor_id}"): Case(
+        "object",
+        lambda b: f"/doctors/{b['doctor']}",
+        lambda b: {"name": "Dr. Stolen", "providerIds": {"generic": "taken"}},
+    ),
+    ("POST", "/doctors/{doctor_id}/deactivate"): Case(
+        "object", lambda b: f"/doctors/{b['doctor']}/deactivate"
+    ),
+    ("POST", "/doctors/{doctor_id}/activate"): Case(
+        "object", lambda b: f"/doctors/{b['doctor']}/activate"
+    ),
+    ("GET", "/doctors/{doctor_id}/appointments"): Case(
+        "object", lambda b: f"/doctors/{b['doctor']}/appointments", query=lambda b: "upcoming=true"
+    ),
     ("GET", "/doctors/{doctor_id}/availability"): Case(
         "object", lambda b: f"/doctors/{b['doctor']}/availability", query=lambda b: f"date={DAY}"
     ),
@@ -110,6 +126,9 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/appointments"): Case(
         "list", lambda b: "/appointments", query=lambda b: f"doctor={b['doctor']}"
+    ),
+    ("GET", "/appointments/{appointment_id}"): Case(
+        "object", lambda b: f"/appointments/{b['appointment']}"
     ),
     ("PATCH", "/appointments/{appointment_id}"): Case(
         "object",

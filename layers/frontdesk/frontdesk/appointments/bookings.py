@@ -17,6 +17,13 @@ the doctor's advisory transaction lock (`lock_doctors`). Without it two writers 
 one slot can deadlock inside the exclusion constraint: each inserts its index entry, finds
 the other's uncommitted entry and waits for the other to end. With it they take turns, and
 the second finds the first's committed row: a clean 409.
+
+The lifecycle is the database's too (the trigger `appointments_enforce_lifecycle`, migration
+0022): a status moves only from booked (to cancelled, completed or no_show; a cancelled
+provider booking may be booked again), an outcome (completed, no_show) only from the
+appointment's start, and an inactive doctor takes no new booking. Each refusal names its
+rule as the error's constraint and becomes a 409 (422 for the inactive doctor, as the
+booking's own check says) here, at the DB edge.
 """
 
 from __future__ import annotations
@@ -38,10 +45,16 @@ from frontdesk.platform.crypto import BlindIndex, EnvelopeCipher
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import EventType
 from frontdesk.platform.unit_of_work import UnitOfWork
-from frontdesk.values import ApiModel, Source
+from frontdesk.values import ApiModel, Source, Timestamp
 
 MAX_LIST_RANGE = timedelta(days=62)
 EXCLUSION_CONSTRAINT = "appointments_no_overlap"
+# The trigger's rules (migration 0022), as the constraint names of its errors.
+DOCTOR_ACTIVE_RULE = "appointments_doctor_active"
+_LIFECYCLE_RULES = frozenset(
+    {"appointments_status_transition", "appointments_outcome_after_start", DOCTOR_ACTIVE_RULE}
+)
+INACTIVE_DOCTOR = "the doctor does not take appointments (inactive)"
 
 
 class BookingIn(BaseModel):
@@ -66,18 +79,22 @@ class BookingIn(BaseModel):
         return self
 
 
+NewStatus = Literal["cancelled", "completed", "no_show"]
+
+
 class AppointmentChange(BaseModel):
-    """PATCH body: `startsAt` to reschedule, or `status: cancelled` to cancel."""
+    """PATCH body: `startsAt` to reschedule, or `status` to cancel (`cancelled`) or record
+    the outcome (`completed`, `no_show`: only from the appointment's start)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     starts_at: AwareDatetime | None = Field(default=None, alias="startsAt")
-    status: Literal["cancelled"] | None = None
+    status: NewStatus | None = None
 
     @model_validator(mode="after")
     def _one_change(self) -> AppointmentChange:
         if (self.starts_at is None) == (self.status is None):
-            raise ValueError("give exactly one of startsAt (reschedule) and status (cancel)")
+            raise ValueError("give exactly one of startsAt (reschedule) and status")
         return self
 
 
@@ -105,6 +122,18 @@ class AppointmentOut(ApiModel):
     source: str
     doctor_name: str
     patient_name: str
+
+
+class AppointmentDetail(AppointmentOut):
+    """One appointment, as GET /appointments/{id} answers it (the patient's name decrypted)."""
+
+    provider: str | None
+    external_id: str | None
+    scheduled_at: Timestamp
+    created_at: Timestamp
+    updated_at: Timestamp
+    cancelled_at: Timestamp | None
+    outcome_at: Timestamp | None
 
 
 # The checks a slot must pass, for a doctor row `d` of clinic `c` and a start %(starts_at)s.
@@ -243,9 +272,23 @@ def _execute_slot_write(cur: Cursor, sql: str, params: dict[str, Any]) -> dict[s
         if exc.diag.constraint_name != EXCLUSION_CONSTRAINT:
             raise
         raise slot_taken(exc, params) from exc
+    except psycopg.errors.CheckViolation as exc:
+        raise lifecycle_refusal(exc) from exc
     row = cur.fetchone()
-    assert row is not None
+    if row is None:
+        raise NotFound(f"appointment {params.get('id')} not found")
     return dict(row)
+
+
+def lifecycle_refusal(exc: psycopg.errors.CheckViolation) -> Conflict | InvalidInput:
+    """The trigger's refusal as the API's error: its message names ids and statuses only.
+    A CHECK constraint of the table (not a lifecycle rule) is re-raised as it is."""
+    rule = exc.diag.constraint_name
+    if rule not in _LIFECYCLE_RULES:
+        raise exc
+    if rule == DOCTOR_ACTIVE_RULE:
+        return InvalidInput(INACTIVE_DOCTOR)
+    return Conflict(exc.diag.message_primary or "the appointment cannot change so")
 
 
 # "... conflicts with existing key (doctor_id, tstzrange(starts_at, ends_at))=(<uuid>,
@@ -280,7 +323,7 @@ def _refuse_bad_slot(row: dict[str, Any]) -> None:
     if row["id"] is not None:
         return
     if not row["active"]:
-        raise InvalidInput("the doctor does not take appointments (inactive)")
+        raise InvalidInput(INACTIVE_DOCTOR)
     if not row["in_future"]:
         raise InvalidInput("the slot has already begun; book a future slot")
     if not row["in_hours"]:
@@ -318,14 +361,33 @@ def event_detail(clinic_id: UUID, row: dict[str, Any], **extra: Any) -> dict[str
     }
 
 
+_STATUS_EVENTS = {
+    "cancelled": EventType.APPOINTMENT_CANCELLED,
+    "completed": EventType.APPOINTMENT_COMPLETED,
+    "no_show": EventType.APPOINTMENT_NO_SHOW,
+}
+_STATUS_OPERATIONS = {
+    "cancelled": "cancelAppointment",
+    "completed": "completeAppointment",
+    "no_show": "markNoShow",
+}
+
+
+def operation_of(change: AppointmentChange) -> str:
+    """The change's name in the answer's meta (and under its Idempotency-Key)."""
+    return _STATUS_OPERATIONS[change.status] if change.status else "rescheduleAppointment"
+
+
 def change(
     uow: UnitOfWork, *, clinic_id: UUID, appointment_id: UUID, change: AppointmentChange
 ) -> Booking:
     """Reschedule (atomic: one UPDATE moves the row, so the old slot is freed and the new one
-    taken together, or nothing changes) or cancel, in `uow`. NotFound for other clinics'."""
+    taken together, or nothing changes), cancel, or record the outcome, in `uow`. NotFound
+    for other clinics'; the lifecycle's refusals are the database's (see the module)."""
     if change.starts_at is not None:
         return _reschedule(uow, clinic_id, appointment_id, change.starts_at)
-    return _cancel(uow, clinic_id, appointment_id)
+    assert change.status is not None
+    return _set_status(uow, clinic_id, appointment_id, change.status)
 
 
 def _reschedule(
@@ -334,16 +396,7 @@ def _reschedule(
     params = {"id": appointment_id, "clinic_id": clinic_id, "starts_at": starts_at}
     cur = uow.cur
     cur.execute(_LOCK_APPOINTMENT_AND_DOCTOR, params)
-    try:
-        cur.execute(_RESCHEDULE, params)
-    except psycopg.errors.ExclusionViolation as exc:
-        if exc.diag.constraint_name != EXCLUSION_CONSTRAINT:
-            raise
-        raise slot_taken(exc, params) from exc
-    found = cur.fetchone()
-    if found is None:
-        raise NotFound(f"appointment {appointment_id} not found")
-    row = dict(found)
+    row = _execute_slot_write(cur, _RESCHEDULE, params)
     if row["current_status"] != "booked":
         raise Conflict(f"appointment {appointment_id} is {row['current_status']}")
     _refuse_bad_slot(row)
@@ -355,14 +408,22 @@ def _reschedule(
     return _booking(row, previous)
 
 
-def _cancel(uow: UnitOfWork, clinic_id: UUID, appointment_id: UUID) -> Booking:
+def _set_status(uow: UnitOfWork, clinic_id: UUID, appointment_id: UUID, status: str) -> Booking:
+    """One UPDATE; the trigger refuses a move the lifecycle does not allow (a 409 naming
+    why). Setting the status it already has is a 409 too, so no event is written twice."""
     cur = uow.cur
-    cur.execute(
-        f"""UPDATE appointments SET status = 'cancelled', cancelled_at = now(), updated_at = now()
-            WHERE id = %(id)s AND clinic_id = %(clinic_id)s AND status = 'booked'
-            RETURNING {_PUBLIC}""",
-        {"id": appointment_id, "clinic_id": clinic_id},
-    )
+    try:
+        cur.execute(
+            f"""UPDATE appointments
+                SET status = %(status)s, updated_at = now(),
+                    cancelled_at = CASE WHEN %(status)s = 'cancelled' THEN now()
+                                        ELSE cancelled_at END
+                WHERE id = %(id)s AND clinic_id = %(clinic_id)s AND status <> %(status)s
+                RETURNING {_PUBLIC}""",
+            {"id": appointment_id, "clinic_id": clinic_id, "status": status},
+        )
+    except psycopg.errors.CheckViolation as exc:
+        raise lifecycle_refusal(exc) from exc
     row = cur.fetchone()
     if row is None:
         cur.execute(
@@ -373,7 +434,7 @@ def _cancel(uow: UnitOfWork, clinic_id: UUID, appointment_id: UUID) -> Booking:
         if existing is None:
             raise NotFound(f"appointment {appointment_id} not found")
         raise Conflict(f"appointment {appointment_id} is {existing['status']}")
-    uow.emit(EventType.APPOINTMENT_CANCELLED, event_detail(clinic_id, row))
+    uow.emit(_STATUS_EVENTS[status], event_detail(clinic_id, row))
     return _booking(row)
 
 
@@ -418,22 +479,83 @@ def list_appointments(
             },
         )
         rows = cur.fetchall()
-    return [
-        AppointmentOut(
-            id=row["id"],
-            doctor_id=row["doctor_id"],
-            patient_id=row["patient_id"],
-            starts_at=iso_utc(row["starts_at"]),
-            ends_at=iso_utc(row["ends_at"]),
-            status=row["status"],
-            source=row["source"],
-            doctor_name=row["doctor_name"],
-            patient_name=patients.decrypt_name_snapshot(
-                cipher,
-                row["patient_id"],
-                bytes(row["patient_name_enc"]),
-                bytes(row["patient_dek"]),
-            ),
+    return [_appointment_out(cipher, row) for row in rows]
+
+
+def _appointment_fields(cipher: EnvelopeCipher, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "doctor_id": row["doctor_id"],
+        "patient_id": row["patient_id"],
+        "starts_at": iso_utc(row["starts_at"]),
+        "ends_at": iso_utc(row["ends_at"]),
+        "status": row["status"],
+        "source": row["source"],
+        "doctor_name": row["doctor_name"],
+        "patient_name": patients.decrypt_name_snapshot(
+            cipher, row["patient_id"], bytes(row["patient_name_enc"]), bytes(row["patient_dek"])
+        ),
+    }
+
+
+def _appointment_out(cipher: EnvelopeCipher, row: dict[str, Any]) -> AppointmentOut:
+    return AppointmentOut(**_appointment_fields(cipher, row))
+
+
+def get_appointment(
+    db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, appointment_id: UUID
+) -> AppointmentDetail:
+    """One appointment of the clinic, the patient's name decrypted; NotFound for others'."""
+    with transaction(db) as cur:
+        cur.execute(
+            f"""SELECT {_PUBLIC}, patient_name_enc, patient_dek, provider, external_id,
+                       scheduled_at, created_at, updated_at, cancelled_at, outcome_at
+                FROM appointments WHERE id = %(id)s AND clinic_id = %(clinic_id)s""",
+            {"id": appointment_id, "clinic_id": clinic_id},
         )
-        for row in rows
-    ]
+        row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"appointment {appointment_id} not found")
+    return AppointmentDetail(
+        **_appointment_fields(cipher, row),
+        provider=row["provider"],
+        external_id=row["external_id"],
+        scheduled_at=row["scheduled_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        cancelled_at=row["cancelled_at"],
+        outcome_at=row["outcome_at"],
+    )
+
+
+MAX_DOCTOR_LIST = 1000
+
+
+def doctor_appointments(
+    db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, doctor_id: UUID, upcoming: bool
+) -> list[AppointmentOut]:
+    """`upcoming`: the doctor's booked appointments that have not begun, soonest first (what
+    to rebook when the doctor is deactivated); else those that have begun, of any status,
+    latest first. At most 1,000; NotFound for another clinic's doctor. One statement."""
+    # Two fixed texts rather than a CASE, so each uses its index
+    # (appointments_doctor_booked_starts for the upcoming ones).
+    which, order = (
+        ("status = 'booked' AND starts_at > now()", "starts_at, id")
+        if upcoming
+        else ("starts_at <= now()", "starts_at DESC, id")
+    )
+    with transaction(db) as cur:
+        cur.execute(
+            f"""SELECT d.id AS found, a.*
+                FROM doctors d
+                LEFT JOIN LATERAL (
+                    SELECT {_PUBLIC}, patient_name_enc, patient_dek FROM appointments
+                    WHERE doctor_id = d.id AND clinic_id = d.clinic_id AND {which}
+                    ORDER BY {order} LIMIT %(limit)s) a ON true
+                WHERE d.id = %(doctor_id)s AND d.clinic_id = %(clinic_id)s""",
+            {"doctor_id": doctor_id, "clinic_id": clinic_id, "limit": MAX_DOCTOR_LIST},
+        )
+        rows = cur.fetchall()
+    if not rows:
+        raise NotFound(f"doctor {doctor_id} not found")
+    return [_appointment_out(cipher, row) for row in rows if row["id"] is not None]

@@ -12,6 +12,7 @@ from uuid import UUID
 import psycopg
 
 from frontdesk.appointments.bookings import (
+    DOCTOR_ACTIVE_RULE,
     EXCLUSION_CONSTRAINT,
     event_detail,
     lock_doctors,
@@ -79,9 +80,11 @@ def upsert_external(
     "unchanged" | "skipped"}, {external id: why skipped}).
 
     An older or equal `updated_at` changes nothing. A booking whose doctor maps to none of
-    the clinic's doctors, that is new but already cancelled, or whose slot overlaps another
-    active appointment of the doctor (the exclusion constraint, under a savepoint per row)
-    is skipped, never stored twice nor double-booked."""
+    the clinic's doctors (`doctor_provider_ids`: a doctor's id at each provider, set through
+    PATCH /doctors/{id}), that is new but already cancelled, whose slot overlaps another
+    active appointment of the doctor (the exclusion constraint, under a savepoint per row),
+    or that is new or moved for a deactivated doctor (the lifecycle trigger) is skipped,
+    never stored twice nor double-booked."""
     latest: dict[str, ExternalBooking] = {}
     for item in items:  # the newest version per external id
         seen = latest.get(item.external_id)
@@ -103,12 +106,12 @@ def upsert_external(
         key,
     )
     cur.execute(
-        """SELECT external_id, id FROM doctors
+        """SELECT external_id, doctor_id FROM doctor_provider_ids
            WHERE clinic_id = %(clinic_id)s AND provider = %(provider)s
              AND external_id = ANY(%(doctor_ids)s)""",
         {**key, "doctor_ids": sorted({b.doctor_external_id for b in latest.values()})},
     )
-    doctors = {row["external_id"]: row["id"] for row in cur.fetchall()}
+    doctors = {row["external_id"]: row["doctor_id"] for row in cur.fetchall()}
     cur.execute(
         """SELECT external_id, id, doctor_id, patient_id, starts_at, ends_at, status
            FROM appointments
@@ -160,6 +163,14 @@ def upsert_external(
                 raise
             outcome[external_id] = "skipped"
             reasons[external_id] = str(slot_taken(exc, params))
+            continue
+        except psycopg.errors.CheckViolation as exc:
+            # The doctor was deactivated here: a new or moved booking of theirs is not taken
+            # (a cancellation still is); staff rebook it with another doctor.
+            if exc.diag.constraint_name != DOCTOR_ACTIVE_RULE:
+                raise
+            outcome[external_id] = "skipped"
+            reasons[external_id] = f"doctor {item.doctor_external_id!r} is inactive"
             continue
         if found is None:  # stale (older or equal updatedAt), or completed / no-show here
             outcome[external_id] = "unchanged"

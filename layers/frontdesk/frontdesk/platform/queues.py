@@ -81,6 +81,11 @@ class EventType(StrEnum):
     APPOINTMENT_BOOKED = "appointment.booked"
     APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
     APPOINTMENT_CANCELLED = "appointment.cancelled"
+    APPOINTMENT_COMPLETED = "appointment.completed"
+    APPOINTMENT_NO_SHOW = "appointment.no_show"
+    DOCTOR_UPDATED = "doctor.updated"
+    DOCTOR_DEACTIVATED = "doctor.deactivated"
+    DOCTOR_ACTIVATED = "doctor.activated"
     LEAD_IMPORT_COMPLETED = "lead_import.completed"
     # Written by the jobs table's trigger on every change of a job's status or progress.
     JOB_PROGRESS = "job.progress"

@@ -8,7 +8,7 @@ connection after 2 hours). Topics:
 | topic | what it pushes |
 | --- | --- |
 | `leads` | `lead.created`, `lead.updated`, `lead_import.completed`; the inbox's `lead.*` |
-| `appointments` | `appointment.booked`, `appointment.rescheduled`, `appointment.cancelled` |
+| `appointments` | `appointment.booked`, `.rescheduled`, `.cancelled`, `.completed`, `.no_show` |
 | `jobs` | `job.progress`, `job.completed`, `job.failed` of every job of the clinic |
 | `job:<id>` | those of one job |
 | `conversation:<id>` | `assistant.reply.delta`, `assistant.reply.done` of one conversation |

@@ -1,4 +1,5 @@
-"""Appointment routes (staff, own clinic): doctors, patients, bookings, availability."""
+"""Appointment routes (staff, own clinic): doctors and their lifecycle, patients, bookings
+and their lifecycle, availability."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
 from frontdesk.appointments import bookings, doctors, patients
-from frontdesk.appointments.bookings import AppointmentChange, AppointmentOut, Booking, BookingIn
-from frontdesk.appointments.doctors import DoctorIn, DoctorOut, Slot
+from frontdesk.appointments.bookings import (
+    AppointmentChange,
+    AppointmentDetail,
+    AppointmentOut,
+    Booking,
+    BookingIn,
+)
+from frontdesk.appointments.doctors import (
+    DoctorDeactivated,
+    DoctorIn,
+    DoctorOut,
+    DoctorPatch,
+    Slot,
+)
 from frontdesk.appointments.patients import PatientIn, PatientOut
 from frontdesk.values import Created
 from frontdesk.web.auth import GuardedRoute, Staff
@@ -42,6 +55,85 @@ def list_doctors(staff: Staff, web: Web) -> Envelope[list[DoctorOut]]:
     # A list: read from the replica when there is one (it may lag by its replication delay).
     found = doctors.list_doctors(web.services.reader, clinic_id=staff.clinic_id)
     return web.ok(found, "listDoctors", "doctor", [d.id for d in found])
+
+
+@router.get("/doctors/{doctor_id}", summary="A doctor: hours, provider ids, whether active")
+def read_doctor(staff: Staff, doctor_id: UUID, web: Web) -> Envelope[DoctorOut]:
+    found = doctors.get_doctor(
+        web.services.database, clinic_id=staff.clinic_id, doctor_id=doctor_id
+    )
+    return web.ok(found, "getDoctor", "doctor", [doctor_id])
+
+
+@router.patch(
+    "/doctors/{doctor_id}",
+    summary="Change a doctor's name, specialty, slot length, working hours or provider ids",
+)
+def update_doctor(
+    staff: Staff, doctor_id: UUID, patch: DoctorPatch, web: Write
+) -> Envelope[DoctorOut]:
+    updated = web.run(
+        DoctorOut,
+        f"updateDoctor:{doctor_id}",
+        patch.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        staff.clinic_id,
+        lambda uow: doctors.update_doctor(
+            uow, clinic_id=staff.clinic_id, doctor_id=doctor_id, patch=patch
+        ),
+    )
+    return web.ok(updated, "updateDoctor", "doctor", [doctor_id])
+
+
+@router.post(
+    "/doctors/{doctor_id}/deactivate",
+    summary="The doctor takes no new bookings; answers their appointments still to come",
+)
+def deactivate_doctor(staff: Staff, doctor_id: UUID, web: Write) -> Envelope[DoctorDeactivated]:
+    done = web.run(
+        DoctorDeactivated,
+        f"deactivateDoctor:{doctor_id}",
+        {},
+        staff.clinic_id,
+        lambda uow: doctors.deactivate_doctor(uow, clinic_id=staff.clinic_id, doctor_id=doctor_id),
+    )
+    affected = [doctor_id, *(a.id for a in done.upcoming_appointments)]
+    return web.ok(done, "deactivateDoctor", "doctor", affected)
+
+
+@router.post("/doctors/{doctor_id}/activate", summary="The doctor takes bookings again")
+def activate_doctor(staff: Staff, doctor_id: UUID, web: Write) -> Envelope[DoctorOut]:
+    done = web.run(
+        DoctorOut,
+        f"activateDoctor:{doctor_id}",
+        {},
+        staff.clinic_id,
+        lambda uow: doctors.activate_doctor(uow, clinic_id=staff.clinic_id, doctor_id=doctor_id),
+    )
+    return web.ok(done, "activateDoctor", "doctor", [doctor_id])
+
+
+@router.get(
+    "/doctors/{doctor_id}/appointments",
+    summary="A doctor's appointments: still to come and booked (to rebook), or past ones",
+)
+def doctor_appointments(
+    staff: Staff,
+    doctor_id: UUID,
+    web: Web,
+    upcoming: Annotated[
+        bool,
+        Query(description="true: booked and not begun, soonest first; false: begun, latest first"),
+    ] = True,
+) -> Envelope[list[AppointmentOut]]:
+    services = web.services
+    found = bookings.doctor_appointments(
+        services.database,
+        services.cipher,
+        clinic_id=staff.clinic_id,
+        doctor_id=doctor_id,
+        upcoming=upcoming,
+    )
+    return web.ok(found, "listDoctorAppointments", "appointment", [a.id for a in found])
 
 
 @router.get(
@@ -122,14 +214,26 @@ def list_appointments(
     return web.ok(found, "listAppointments", "appointment", [a.id for a in found])
 
 
+@router.get("/appointments/{appointment_id}", summary="One appointment, decrypted")
+def read_appointment(staff: Staff, appointment_id: UUID, web: Web) -> Envelope[AppointmentDetail]:
+    services = web.services
+    found = bookings.get_appointment(
+        services.database, services.cipher, clinic_id=staff.clinic_id, appointment_id=appointment_id
+    )
+    return web.ok(found, "getAppointment", "appointment", [appointment_id])
+
+
 @router.patch(
     "/appointments/{appointment_id}",
-    summary="Reschedule ({startsAt}) or cancel ({status: cancelled}) an appointment",
+    summary=(
+        "Reschedule ({startsAt}), cancel ({status: cancelled}) or record the outcome"
+        " ({status: completed | no_show}, from the start on) of an appointment"
+    ),
 )
 def change_appointment(
     staff: Staff, appointment_id: UUID, change: AppointmentChange, web: Write
 ) -> Envelope[Booking]:
-    operation = "cancelAppointment" if change.status else "rescheduleAppointment"
+    operation = bookings.operation_of(change)
     changed = web.run(
         Booking,
         f"{operation}:{appointment_id}",

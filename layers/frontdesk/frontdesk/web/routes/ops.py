@@ -1,4 +1,5 @@
-"""Operator routes (platform operators only): queue health, dead letters, stuck jobs.
+"""Operator routes (platform operators only): queue health, dead letters, job metrics and
+stuck jobs.
 
 Queues and dead letters hold every clinic's work, so these need the platform's `operator`
 role; a clinic's admin is not enough."""
@@ -9,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from frontdesk.ops import dead_letters, stuck_jobs
+from frontdesk.ops import dead_letters, job_metrics, stuck_jobs
 from frontdesk.ops.dead_letters import DeadLetter, DeadLetterQueue, ReplayOutcome, ReplayRequest
 from frontdesk.ops.queue_health import Queues, queue_health
 from frontdesk.web.auth import GuardedRoute, Operator
@@ -93,3 +94,25 @@ def read_stuck_jobs(operator: Operator, web: Web) -> Envelope[stuck_jobs.StuckJo
     policy = stuck_jobs.RescuePolicy.from_settings(services.settings)
     found = stuck_jobs.stuck_jobs(services.database, policy)
     return web.ok(found, "getStuckJobs", "job", headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/ops/jobs",
+    summary="Jobs per kind in a window, every clinic's: counts by status, p50/p95, error rate",
+)
+def read_job_metrics(
+    operator: Operator,
+    web: Web,
+    hours: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=job_metrics.MAX_WINDOW_HOURS,
+            description="the window: jobs created in the last `hours` hours",
+        ),
+    ] = job_metrics.DEFAULT_WINDOW_HOURS,
+) -> Envelope[job_metrics.JobMetrics]:
+    # Aggregates over every clinic's jobs: the replica when there is one.
+    found = job_metrics.job_metrics(web.services.reader, hours=hours)
+    kinds = [k.kind for k in found.kinds if k.kind]
+    return web.ok(found, "getJobMetrics", "job", kinds, headers={"Cache-Control": "no-store"})
