@@ -12,6 +12,7 @@ its calls.
     POST /_control/fail       {"requests": 2, "status": 503}
     POST /_control/slow       {"seconds": 0.5}
     POST /_control/reset      {}
+    POST /_control/stats      {"clear": true}  -> {"maxInFlight", "started"} (then cleared)
     POST /_control/leads      {"name": ..., "email": ...}   -> the change it made
     POST /_control/bookings   {"doctor_id": ..., "starts_at": ..., "ends_at": ..., "name": ...,
                                "email": ..., "booking_id": ..., "status": ...} -> the change
@@ -274,6 +275,12 @@ class FakeProvider:
             return 201, self.add_lead(**data), {}
         elif action == "bookings":
             return 201, self.add_booking(**data), {}
+        elif action == "stats":
+            with self._lock:
+                stats = {"maxInFlight": self.max_in_flight, "started": list(self.started)}
+                if data.get("clear"):
+                    self.max_in_flight, self.started = 0, []
+            return 200, stats, {}
         else:
             return 404, {"error": "unknown control"}, {}
         return 200, {"ok": True}, {}

@@ -9,20 +9,21 @@ the same caller.
 
 **Concurrent fetches.** A fetch job's items are fetched a group at a time, each group's
 calls concurrently on a thread pool of PROVIDER_FETCH_CONCURRENCY workers (default 8), then
-upserted in one short transaction. The bound is per account, because one job is one
-account and one record is handled at a time per container; the account's rate limit is
-kept too: the group reserves its calls' slots in the shared `next_call_at` in one statement
-(`reserve_calls`), and call i starts no sooner than its slot (wait + i / requests_per_second),
-so every container together still makes at most requests_per_second calls. Threads, not
-asyncio (aiolimiter): the adapters are plain blocking urllib, the handler is synchronous,
-and the limit that matters is already shared in PostgreSQL across containers, which an
-in-process limiter cannot be; a bounded ThreadPoolExecutor is the stdlib's bound on calls in
-flight. The threads make HTTP calls only: the container's one database connection stays
-with the record's thread. A call that fails transiently (429, 5xx, timeout) in a group goes
-through `call` afterwards, alone, with today's retries, backoff, hold-off and breaker; a
-404 counts as gone and a refusal fails the job before the group is written, as before. Each
-group is written once, ON CONFLICT by external id, so a redelivered job writes no
-duplicate.
+upserted in one short transaction, while the next group's calls are already out (a refused
+group fails the job; the group in flight is waited for and dropped). The bound is per
+account: one job is one account, and a container handles one record at a time. The
+account's rate limit holds too: a group reserves its calls' slots in the shared
+`next_call_at` in one statement (`reserve_calls`), and call i starts no sooner than its
+slot (wait + i / requests_per_second), so all containers together still make at most
+requests_per_second calls. Threads, not asyncio (aiolimiter): the adapters are blocking
+urllib, the handler is synchronous, and the limit that matters is already shared in
+PostgreSQL across containers, which an in-process limiter cannot be; a bounded
+ThreadPoolExecutor is the stdlib's bound on calls in flight. The threads make HTTP calls
+only: the container's one database connection stays with the record's thread. A call that
+fails transiently (429, 5xx, timeout) in a group goes through `call` afterwards, alone,
+with the usual retries, backoff, hold-off and breaker; a 404 counts as gone and a refusal
+fails the job before its group is written, as one by one. Each group is written once, ON
+CONFLICT by external id, so a redelivered job writes no duplicate.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 
 from frontdesk.appointments.provider_bookings import ExternalBooking
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _FETCH_GROUP = 10  # items fetched between two commits (and progress updates), at least
-_GROUP_PER_WORKER = 4  # with concurrent fetches: this many items per worker per group
+_GROUP_PER_WORKER = 2  # with concurrent fetches: this many items per worker per group
 
 
 class TransientSyncError(Exception):
@@ -150,19 +151,20 @@ class ProviderCaller:
         self, operations: Sequence[Callable[[], T]], pool: Executor | None
     ) -> list[T | ProviderNotFound | ProviderRejected]:
         """Every operation's answer, in order, or the ProviderNotFound / ProviderRejected it
-        raised; concurrently on `pool` within the rate limit (None: one by one, stopping at
-        the first refusal). Transient failures are retried one by one through `call`, which
-        raises TransientSyncError when they persist."""
-        results: list[T | ProviderNotFound | ProviderRejected] = []
+        raised (`start_many`, then its answers)."""
+        return self.start_many(operations, pool)()
+
+    def start_many(
+        self, operations: Sequence[Callable[[], T]], pool: Executor | None
+    ) -> Callable[[], list[T | ProviderNotFound | ProviderRejected]]:
+        """Start the operations concurrently on `pool` within the rate limit, and return
+        what collects their answers in order (each answer, or the ProviderNotFound /
+        ProviderRejected it raised). Transient failures are retried one by one through
+        `call` when collected, which raises TransientSyncError when they persist. With no
+        pool, nothing starts early: collecting calls one by one and stops at the first
+        refusal, as before."""
         if pool is None or len(operations) <= 1:
-            for operation in operations:
-                try:
-                    results.append(self.call(operation))
-                except (ProviderNotFound, ProviderRejected) as exc:
-                    results.append(exc)
-                    if isinstance(exc, ProviderRejected):
-                        break
-            return results
+            return partial(self._one_by_one, operations)
         policy = self._policy
         with transaction(self._db) as cur:
             wait, spacing = provider_accounts.reserve_calls(cur, self._account_id, len(operations))
@@ -179,7 +181,27 @@ class ProviderCaller:
             except ProviderError as exc:
                 return exc
 
-        answers = list(pool.map(first_attempt, range(len(operations)), operations))
+        futures = [pool.submit(first_attempt, i, op) for i, op in enumerate(operations)]
+        return lambda: self._collect(operations, [f.result() for f in futures])
+
+    def _one_by_one(
+        self, operations: Sequence[Callable[[], T]]
+    ) -> list[T | ProviderNotFound | ProviderRejected]:
+        results: list[T | ProviderNotFound | ProviderRejected] = []
+        for operation in operations:
+            try:
+                results.append(self.call(operation))
+            except (ProviderNotFound, ProviderRejected) as exc:
+                results.append(exc)
+                if isinstance(exc, ProviderRejected):
+                    break
+        return results
+
+    def _collect(
+        self, operations: Sequence[Callable[[], T]], answers: list[T | ProviderError]
+    ) -> list[T | ProviderNotFound | ProviderRejected]:
+        """The first attempts' answers, with the transient failures retried one by one."""
+        policy = self._policy
         again: list[int] = []
         for index, answer in enumerate(answers):
             if isinstance(answer, (ProviderRateLimited, ProviderUnavailable)):
@@ -202,6 +224,7 @@ class ProviderCaller:
                 answers[index] = self.call(operations[index], attempts_made=1)
             except (ProviderNotFound, ProviderRejected) as exc:
                 answers[index] = exc
+        results: list[T | ProviderNotFound | ProviderRejected] = []
         for answer in answers:
             assert not isinstance(answer, (ProviderRateLimited, ProviderUnavailable))
             results.append(answer)  # type: ignore[arg-type]
@@ -260,18 +283,29 @@ def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id
         max_workers=policy.concurrency, thread_name_prefix="provider-fetch"
     ) as threads:
         pool = threads if policy.concurrency > 1 else None
-        for start in range(0, len(items), group_size):
-            group = items[start : start + group_size]
-            fetched: list[ExternalLead] = []
-            bookings: list[ExternalBooking] = []
+
+        def start_group(start: int) -> Callable[[], list[Any]]:
             calls: list[Callable[[], ProviderLead | ProviderBooking]] = [
                 partial(
                     adapter.fetch_lead if item["resource"] == "lead" else adapter.fetch_booking,
                     item["externalId"],
                 )
-                for item in group
+                for item in items[start : start + group_size]
             ]
-            for answer in caller.call_many(calls, pool):
+            return caller.start_many(calls, pool)
+
+        starts = range(0, len(items), group_size)
+        in_flight = start_group(0) if items else None
+        for start in starts:
+            group = items[start : start + group_size]
+            fetched: list[ExternalLead] = []
+            bookings: list[ExternalBooking] = []
+            assert in_flight is not None
+            answers = in_flight()
+            # The next group's calls go out while this one is written.
+            following = start + group_size
+            in_flight = start_group(following) if following < len(items) else None
+            for answer in answers:
                 if isinstance(answer, ProviderNotFound):
                     counts["gone"] += 1
                     continue
