@@ -66,7 +66,7 @@ migrate: $(VENV)/.installed-py313
 	$(PY) -m frontdesk.platform.migrations db/migrations
 
 ## make bench: every benchmark in bench/; results in bench/results/
-BENCHMARKS := run assistant assistant_stream appointments sync metrics response push inbox webhooks jobs
+BENCHMARKS := run assistant assistant_stream reply_cache appointments sync sync_fetch metrics response push inbox webhooks jobs
 bench: $(VENV)/.installed-py313 .frontdesk/run $(BUILT)
 	set -e; for b in $(BENCHMARKS); do \
 	    if [ -f bench/$$b.py ]; then $(PY) -m bench.$$b; fi; \

@@ -2,12 +2,17 @@
 
 A real HTTP server (a thread), so the adapter, its timeouts and retries run for real. It
 keeps leads and a change feed in memory, signs webhooks like the real thing, and can be
-told to rate-limit (429 + Retry-After), fail (5xx) or be slow, from Python or over HTTP:
+told to rate-limit (429 + Retry-After), fail (5xx) or be slow, from Python or over HTTP.
+It counts the API requests in flight (`in_flight`, its peak `max_in_flight`) and when each
+began (`started`, time.monotonic()), so tests and benchmarks can see how a caller spreads
+its calls.
+
 
     POST /_control/rate-limit {"requests": 3, "retryAfter": 1}
     POST /_control/fail       {"requests": 2, "status": 503}
     POST /_control/slow       {"seconds": 0.5}
     POST /_control/reset      {}
+    POST /_control/stats      {"clear": true}  -> {"maxInFlight", "started"} (then cleared)
     POST /_control/leads      {"name": ..., "email": ...}   -> the change it made
     POST /_control/bookings   {"doctor_id": ..., "starts_at": ..., "ends_at": ..., "name": ...,
                                "email": ..., "booking_id": ..., "status": ...} -> the change
@@ -50,6 +55,9 @@ class FakeProvider:
         self._failing = 0
         self._fail_status = 503
         self._delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.started: list[float] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -105,6 +113,8 @@ class FakeProvider:
             self.bookings.clear()
             self.changes.clear()
             self.requests.clear()
+            self.started.clear()
+            self.max_in_flight = 0
 
     # ------------------------------------------------------------ data
 
@@ -205,6 +215,17 @@ class FakeProvider:
         if parts.path.startswith("/_control/"):
             return self._control(parts.path.removeprefix("/_control/"), body)
         with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.started.append(time.monotonic())
+        try:
+            return self._api(method, parts, headers)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _api(self, method: str, parts: Any, headers: Any) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
             self.requests.append(parts.path)
             delay = self._delay
             if self._failing > 0:
@@ -254,6 +275,12 @@ class FakeProvider:
             return 201, self.add_lead(**data), {}
         elif action == "bookings":
             return 201, self.add_booking(**data), {}
+        elif action == "stats":
+            with self._lock:
+                stats = {"maxInFlight": self.max_in_flight, "started": list(self.started)}
+                if data.get("clear"):
+                    self.max_in_flight, self.started = 0, []
+            return 200, stats, {}
         else:
             return 404, {"error": "unknown control"}, {}
         return 200, {"ok": True}, {}

@@ -266,6 +266,18 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             app.clinic_id,
             expires_in,
         )
+    for name, created, expires in (("old", "2 days", "1 day"), ("new", "1 hour", "-23 hours")):
+        execute(
+            app,
+            """INSERT INTO assistant_reply_cache (clinic_id, key, answer_enc, dek, kms_key_id,
+                                                  created_at, expires_at)
+               VALUES (%s, %s, '\\x00', '\\x00', 'k', now() - %s::interval,
+                       now() - %s::interval)""",
+            app.clinic_id,
+            name.encode().ljust(32, b"-"),
+            created,
+            expires,
+        )
     unsent = rows(app, "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id")
     # When Housekeeping's retention runs
     done = run("retention")
@@ -278,8 +290,10 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "assistant_usage": 2,
         "lead_import_parts": 1,
         "websocket_connections": 1,
+        "assistant_reply_cache": 1,
         "encrypted_plaintext": 0,
     }
+    assert rows(app, "SELECT key FROM assistant_reply_cache") == [(b"new".ljust(32, b"-"),)]
     assert rows(app, "SELECT connection_id FROM websocket_connections") == [("open=",)]
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
     assert rows(app, "SELECT delivery_id FROM webhook_deliveries") == [("new",)]

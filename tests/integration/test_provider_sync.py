@@ -1087,3 +1087,97 @@ def test_two_workers_booking_one_new_person_create_one_patient(
     assert answers == [{"batchItemFailures": []}] * 2
     booked = rows(sync_app, "SELECT DISTINCT patient_id FROM appointments")
     assert len(booked) == 1 and rows(sync_app, "SELECT count(*) FROM patients") == [(1,)]
+
+
+# ---------------------------------------------------------------- concurrent fetches
+
+
+def fetch_job(app: App, account: str, fake: FakeProvider, count: int) -> tuple[str, list[str]]:
+    """`count` leads at the provider and one sync.fetch job for them, as the poller makes;
+    returns the job's SQS body and the leads' external ids."""
+    ids = [
+        fake.add_lead(f"Person {i}", f"person{i}@example.org")["resourceId"] for i in range(count)
+    ]
+    payload = {"accountId": account, "items": [{"resource": "lead", "externalId": i} for i in ids]}
+    job_id = uuid.uuid4()
+    with psycopg.connect(app.database_url) as conn:
+        conn.execute(
+            """INSERT INTO jobs (id, clinic_id, kind, payload)
+               VALUES (%s, %s, 'sync.fetch', %s::jsonb)""",
+            (job_id, app.clinic_id, json.dumps(payload)),
+        )
+    body = json.dumps({"jobId": str(job_id), "kind": "sync.fetch", "clinicId": str(app.clinic_id)})
+    return body, ids
+
+
+def test_a_fetch_job_calls_the_provider_concurrently_never_above_the_bound(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a bound of 4 calls in flight, a provider answering in 50 ms, 40 leads to fetch
+    monkeypatch.setenv("PROVIDER_FETCH_CONCURRENCY", "4")
+    reset_process_state()
+    account = connect(sync_app, api, worker, fake)
+    body, _ = fetch_job(sync_app, account, fake, 40)
+    fake.slow(0.05)
+    fake.max_in_flight = 0
+    # When SyncWorker runs the job
+    answer = worker.handler(sqs_event([body]), LambdaContext())
+    # Then the calls overlapped, never more than 4 at once
+    assert answer == {"batchItemFailures": []}
+    assert fake.max_in_flight == 4
+    # And every lead is there once
+    assert rows(
+        sync_app,
+        "SELECT count(*), count(DISTINCT external_id) FROM leads WHERE provider = 'generic'",
+    ) == [(40, 40)]
+    # When the message comes again (SQS delivers at least once) after the job was reset
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute("UPDATE jobs SET status = 'queued' WHERE kind = 'sync.fetch'")
+    assert worker.handler(sqs_event([body]), LambdaContext()) == {"batchItemFailures": []}
+    # Then nothing is duplicated
+    assert rows(sync_app, "SELECT count(*) FROM leads WHERE provider = 'generic'") == [(40,)]
+
+
+def test_concurrent_fetches_keep_the_accounts_rate_limit(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given an account allowed 10 calls a second, and 20 leads to fetch (bound 8)
+    account = connect(sync_app, api, worker, fake)
+    with psycopg.connect(sync_app.database_url) as conn:
+        conn.execute(
+            "UPDATE provider_accounts SET requests_per_second = 10, next_call_at = now()"
+            " WHERE id = %s",
+            (account,),
+        )
+    body, _ = fetch_job(sync_app, account, fake, 20)
+    fake.started.clear()
+    # When SyncWorker runs the job
+    assert worker.handler(sqs_event([body]), LambdaContext()) == {"batchItemFailures": []}
+    # Then the calls began no faster than 10 a second: n calls span at least (n - 1) / 10 s
+    # (less a little for the scheduling of threads)
+    started = sorted(fake.started)
+    assert len(started) == 20
+    for n in (5, 10, 20):
+        for first in range(0, len(started) - n + 1):
+            assert started[first + n - 1] - started[first] >= (n - 1) / 10 - 0.05
+    assert rows(sync_app, "SELECT count(*) FROM leads WHERE provider = 'generic'") == [(20,)]
+
+
+def test_a_concurrent_fetch_retries_failed_calls_and_counts_gone_ones(
+    sync_app: App, api: Any, worker: Any, fake: FakeProvider
+) -> None:
+    # Given 20 leads to fetch, one deleted at the provider, and a provider whose next three
+    # calls fail with 503
+    account = connect(sync_app, api, worker, fake)
+    body, ids = fetch_job(sync_app, account, fake, 20)
+    fake.leads.pop(ids[7])
+    fake.fail(3, status=503)
+    # When SyncWorker runs the job
+    assert worker.handler(sqs_event([body]), LambdaContext()) == {"batchItemFailures": []}
+    # Then the failed calls were retried, the deleted lead counted gone, the rest stored once
+    (result,) = rows(sync_app, "SELECT result FROM jobs WHERE kind = 'sync.fetch'")[0]
+    assert (result["created"], result["gone"], result["retries"]) == (19, 1, 3)
+    assert rows(
+        sync_app,
+        "SELECT count(*), count(DISTINCT external_id) FROM leads WHERE provider = 'generic'",
+    ) == [(19, 19)]

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     # The per-clinic budget checked before a question is accepted.
     assistant_requests_per_minute: int = Field(default=30, ge=1)
     assistant_tokens_per_day: int = Field(default=500_000, ge=1)
+    # The reply cache (frontdesk.assistant.reply_cache): how long an answer is reused for the
+    # same question in the same context; 0 stores none (and so answers none from it).
+    assistant_reply_cache_ttl_seconds: int = Field(default=86_400, ge=0, le=30 * 86_400)
 
     # Dead-letter queues, one per source queue: template.yaml sets each <name>_DLQ_URL to the
     # queue named by the RedrivePolicy of <name>_QUEUE_URL's queue (a test checks the pairing).
@@ -149,6 +152,9 @@ class Settings(BaseSettings):
     # Webhooks: the signed timestamp may be this far in the past or the future.
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     webhook_max_body_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # Provider fetches (SyncWorker): at most this many calls in flight per account at once,
+    # within the account's rate limit (provider_accounts.requests_per_second); 1: one by one.
+    provider_fetch_concurrency: int = Field(default=8, ge=1, le=64)
     # Provider HTTP calls: one call's timeout, attempts within one invocation, backoff.
     provider_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     provider_max_attempts: int = Field(default=4, ge=1, le=10)

@@ -9,6 +9,10 @@ A question can name a patient, so questions, replies and titles are envelope-enc
 leads (AAD 'messages:<id>:content', 'conversations:<id>:title'); rows stored before that
 keep their plaintext column until Housekeeping encrypts them (`encrypt_plaintext`), and are
 read from it meanwhile. Reads decrypt after their transaction has ended.
+
+A question found in the reply cache (frontdesk.assistant.reply_cache) is answered in the
+same unit of work: the reply is stored `done` and `cached`, its job already succeeded, no
+budget charged, and `assistant.reply.done` (with `cached: true`) goes to the outbox.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from frontdesk.assistant import reply_events
+from frontdesk.assistant.reply_cache import CachedAnswer, CacheUse
 from frontdesk.errors import NotFound, TooManyRequests
+from frontdesk.platform import jobs
 from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
-from frontdesk.platform.queues import JobKind
+from frontdesk.platform.queues import EventType, JobKind
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.values import ApiModel, MultiLine, SingleLine, Timestamp
 
@@ -44,6 +51,9 @@ class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: Question
+    cache: bool = Field(
+        default=True, description="false: do not answer from the reply cache (ask the model)"
+    )
 
 
 class ConversationIn(BaseModel):
@@ -53,6 +63,9 @@ class ConversationIn(BaseModel):
 
     content: Question
     title: Title | None = None
+    cache: bool = Field(
+        default=True, description="false: do not answer from the reply cache (ask the model)"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,13 +78,18 @@ class Budget:
 
 
 class ReplyAccepted(ApiModel):
-    """A question accepted: the reply to poll (`id`) and the job that writes it."""
+    """A question accepted: the reply to poll (`id`) and the job that writes it; or, when it
+    was answered from the reply cache, the reply already `done`, `cached`, with its
+    `content` (the route reads it back after the commit: a stored Idempotency-Key response
+    never holds the text)."""
 
     id: UUID
     conversation_id: UUID
     question_id: UUID
     job_id: UUID
     status: str
+    cached: bool = False
+    content: str | None = None
 
 
 class MessageOut(ApiModel):
@@ -84,6 +102,7 @@ class MessageOut(ApiModel):
     job_id: UUID | None
     provider: str | None
     model: str | None
+    cached: bool
     input_tokens: int | None
     output_tokens: int | None
     latency_ms: int | None
@@ -108,10 +127,13 @@ def start_conversation(
     conversation: ConversationIn,
     budget: Budget,
     created_by: str,
+    cache: CacheUse | None = None,
+    cached: CachedAnswer | None = None,
 ) -> ReplyAccepted:
-    """A conversation and its first question, in `uow`."""
+    """A conversation and its first question, in `uow`; answered at once when `cached`."""
     cur = uow.cur
-    _charge_request(cur, clinic_id, budget)
+    if cached is None:
+        _charge_request(cur, clinic_id, budget)
     conversation_id = uuid.uuid4()
     key = cipher.data_key()
     cur.execute(
@@ -128,7 +150,9 @@ def start_conversation(
             "created_by": created_by,
         },
     )
-    return _insert_question(uow, cipher, clinic_id, conversation_id, conversation.content)
+    return _insert_question(
+        uow, cipher, clinic_id, conversation_id, conversation.content, cache, cached
+    )
 
 
 def ask(
@@ -139,8 +163,11 @@ def ask(
     conversation_id: UUID,
     question: QuestionIn,
     budget: Budget,
+    cache: CacheUse | None = None,
+    cached: CachedAnswer | None = None,
 ) -> ReplyAccepted:
-    """A question in an existing conversation of this clinic, in `uow`."""
+    """A question in an existing conversation of this clinic, in `uow`; answered at once
+    when `cached`."""
     cur = uow.cur
     cur.execute(
         """UPDATE conversations SET updated_at = now()
@@ -149,8 +176,11 @@ def ask(
     )
     if cur.fetchone() is None:
         raise NotFound(f"conversation {conversation_id} not found")
-    _charge_request(cur, clinic_id, budget)
-    return _insert_question(uow, cipher, clinic_id, conversation_id, question.content)
+    if cached is None:
+        _charge_request(cur, clinic_id, budget)
+    return _insert_question(
+        uow, cipher, clinic_id, conversation_id, question.content, cache, cached
+    )
 
 
 def _charge_request(cur: Cursor, clinic_id: UUID, budget: Budget) -> None:
@@ -194,24 +224,43 @@ def _insert_question(
     clinic_id: UUID,
     conversation_id: UUID,
     content: str,
+    cache: CacheUse | None,
+    cached: CachedAnswer | None,
 ) -> ReplyAccepted:
     question_id, reply_id = uuid.uuid4(), uuid.uuid4()
     key = cipher.data_key()
-    job_id = uow.start_job(
-        JobKind.ASSISTANT_REPLY,
-        clinic_id,
-        {"conversationId": str(conversation_id), "replyId": str(reply_id)},
-    )
+    payload = {"conversationId": str(conversation_id), "replyId": str(reply_id)}
+    if cached is not None:
+        # Answered from the cache: the job is written already succeeded, with no message.
+        job_id = jobs.create_job(
+            uow.cur,
+            clinic_id=clinic_id,
+            kind=JobKind.ASSISTANT_REPLY,
+            payload=payload,
+            request_id=uow.request_id,
+        )
+        jobs.finish(
+            uow.cur,
+            job_id,
+            status="succeeded",
+            result={"messageId": str(reply_id), "cached": True},
+        )
+    else:
+        if cache is not None and cache.store:
+            payload["cacheQuestion"] = cache.question_mac.hex()
+        job_id = uow.start_job(JobKind.ASSISTANT_REPLY, clinic_id, payload)
     uow.cur.execute(
         """INSERT INTO messages (id, clinic_id, conversation_id, role, content_enc, dek,
                                  kms_key_id, status, reply_to, job_id, request_id, created_at,
-                                 completed_at)
+                                 completed_at, cached, provider, model, latency_ms)
            VALUES (%(question_id)s, %(clinic_id)s, %(conversation_id)s, 'user', %(content)s,
                    %(dek)s, %(kms_key_id)s, 'done', NULL, NULL, %(request_id)s,
-                   clock_timestamp(), clock_timestamp()),
-                  (%(reply_id)s, %(clinic_id)s, %(conversation_id)s, 'assistant', NULL, NULL,
-                   NULL, 'queued', %(question_id)s, %(job_id)s, %(request_id)s,
-                   clock_timestamp(), NULL)""",
+                   clock_timestamp(), clock_timestamp(), false, NULL, NULL, NULL),
+                  (%(reply_id)s, %(clinic_id)s, %(conversation_id)s, 'assistant', %(answer)s,
+                   %(answer_dek)s, %(answer_kms_key_id)s, %(reply_status)s, %(question_id)s,
+                   %(job_id)s, %(request_id)s, clock_timestamp(),
+                   CASE WHEN %(cached)s THEN clock_timestamp() END, %(cached)s,
+                   %(provider)s, %(model)s, CASE WHEN %(cached)s THEN 0 END)""",
         {
             "question_id": question_id,
             "reply_id": reply_id,
@@ -222,14 +271,32 @@ def _insert_question(
             "kms_key_id": key.kms_key_id,
             "job_id": job_id,
             "request_id": uow.request_id,
+            "reply_status": "done" if cached else "queued",
+            "cached": cached is not None,
+            "answer": cipher.encrypt(
+                key,
+                cached.text if cached else None,
+                field_aad("messages", reply_id, "content"),
+            ),
+            "answer_dek": key.encrypted if cached else None,
+            "answer_kms_key_id": key.kms_key_id if cached else None,
+            "provider": cached.provider if cached else None,
+            "model": cached.model if cached else None,
         },
     )
+    if cached is not None:
+        reply = reply_events.ReplyRef(reply_id, conversation_id, clinic_id, job_id)
+        uow.emit(
+            EventType.ASSISTANT_REPLY_DONE,
+            reply_events.done(reply, key, attempt=0, content=cached.text, cached=True),
+        )
     return ReplyAccepted(
         id=reply_id,
         conversation_id=conversation_id,
         question_id=question_id,
         job_id=job_id,
-        status="queued",
+        status="done" if cached else "queued",
+        cached=cached is not None,
     )
 
 
@@ -242,7 +309,7 @@ _MESSAGE_COLUMNS = """m.id, m.conversation_id, m.role, m.content, m.content_enc,
         AS status,
     CASE WHEN j.status = 'cancelled' AND m.status <> 'done' THEN %(cancelled)s
          ELSE m.error END AS error,
-    m.provider, m.model, m.input_tokens, m.output_tokens, m.latency_ms,
+    m.provider, m.model, m.cached, m.input_tokens, m.output_tokens, m.latency_ms,
     m.created_at, m.completed_at"""
 
 

@@ -12,7 +12,9 @@ streamed to staff as it is generated.
    call with it) and writes an `assistant.reply.delta` event to the outbox, relayed right
    after its commit (frontdesk.platform.handoff.RelayNow), not when the invocation ends;
 3. a last short transaction writes the reply, finishes the job, adds the tokens to the
-   day's usage, closes the breaker and emits the last delta and `assistant.reply.done`.
+   day's usage, closes the breaker, stores the answer in the reply cache (when the job's
+   payload carries the question's MAC; frontdesk.assistant.reply_cache) and emits the last
+   delta and `assistant.reply.done`.
    Every way a reply fails emits `assistant.reply.done` with status `failed` too.
 A redelivered job finds its reply done (or claimed by a live worker) and does nothing: one
 reply row per job, written once. A worker that dies mid-stream leaves its claim to expire;
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from frontdesk.assistant import reply_events
+from frontdesk.assistant import context, reply_cache, reply_events
 from frontdesk.assistant.conversations import CANCELLED, message_text
 from frontdesk.assistant.llm import (
     ChatModel,
@@ -69,6 +71,8 @@ class WorkerPolicy:
     # No text from the model within this long (or this long silent mid-stream): a timeout.
     # None: the call's whole timeout.
     first_token_seconds: float | None = None
+    # How long a stored answer stays in the reply cache; 0: answers are not stored.
+    cache_ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,9 @@ def answer(
     with UnitOfWork(db, handoff) as uow:
         cur = uow.cur
         cur.execute(
-            """SELECT j.status AS job_status, j.attempts, m.id AS reply_id, m.status,
-                      m.conversation_id, m.reply_to,
+            """SELECT j.status AS job_status, j.attempts, j.payload, m.id AS reply_id,
+                      m.status, m.conversation_id, m.reply_to,
+                      (SELECT q.created_at FROM messages q WHERE q.id = m.reply_to) AS asked_at,
                       coalesce(m.claimed_until > now(), false) AS claimed
                FROM jobs j
                JOIN messages m ON m.job_id = j.id AND m.clinic_id = j.clinic_id
@@ -151,8 +156,16 @@ def answer(
                WHERE id = %(id)s""",
             {"id": reply.reply_id, "claim": timeout_seconds + 15},
         )
-        system, history = _context(cur, message.clinic_id, job, policy.history_messages)
+        system = context.system_prompt(cur, message.clinic_id, message.job_id)
+        history = context.history(
+            cur,
+            message.clinic_id,
+            job["conversation_id"],
+            until=job["asked_at"],
+            limit=max(1, policy.history_messages),
+        )
     turns = [ChatTurn(row["role"], message_text(cipher, row) or "") for row in history]
+    cache_key = _cache_key(message.clinic_id, job, system, history, policy)
 
     # 2. the stream: no transaction open while the model is waited on; a short unit of work
     # per delta, between two chunks
@@ -204,6 +217,17 @@ def answer(
     text = cipher.encrypt(key, completion.text, field_aad("messages", reply.reply_id, "content"))
     last_delta = deltas.last(key)
     done = reply_events.done(reply, key, attempt=attempt, content=completion.text)
+    entry = None
+    if cache_key is not None:
+        entry = reply_cache.Entry.seal(
+            key,
+            clinic_id=message.clinic_id,
+            key=cache_key,
+            answer=completion.text,
+            provider=completion.provider,
+            model=completion.model,
+            ttl_seconds=policy.cache_ttl_seconds,
+        )
 
     # 3. short transaction: the reply, the job, the usage, the breaker, the last events
     with UnitOfWork(db, handoff) as uow:
@@ -240,6 +264,8 @@ def answer(
             },
         )
         breaker.record_success(cur, model.breaker_name)
+        if entry is not None:
+            reply_cache.store(cur, entry)
         if last_delta is not None:
             uow.emit(EventType.ASSISTANT_REPLY_DELTA, last_delta)
         uow.emit(EventType.ASSISTANT_REPLY_DONE, done)
@@ -412,48 +438,19 @@ def _fail_reply(cur: Cursor, reply_id: UUID, error: str) -> None:
     )
 
 
-def _context(
-    cur: Cursor, clinic_id: UUID, job: dict[str, Any], history: int
-) -> tuple[str, list[dict[str, Any]]]:
-    """The system prompt (clinic profile and numbers) and the conversation so far (its rows,
-    still encrypted)."""
-    cur.execute(
-        """SELECT c.name, c.timezone,
-                  (SELECT count(*) FROM leads l WHERE l.clinic_id = c.id
-                     AND l.created_at >= date_trunc('week', now() AT TIME ZONE c.timezone)
-                                         AT TIME ZONE c.timezone) AS leads_this_week,
-                  (SELECT count(*) FROM leads l WHERE l.clinic_id = c.id
-                     AND l.created_at >= date_trunc('day', now() AT TIME ZONE c.timezone)
-                                         AT TIME ZONE c.timezone) AS leads_today,
-                  (SELECT count(*) FROM jobs j WHERE j.clinic_id = c.id
-                     AND j.status IN ('queued', 'running')) AS open_jobs
-           FROM clinics c WHERE c.id = %(clinic_id)s""",
-        {"clinic_id": clinic_id},
-    )
-    clinic = cur.fetchone()
-    assert clinic is not None
-    cur.execute(
-        """SELECT id, role, content, content_enc, dek FROM (
-               SELECT id, role, content, content_enc, dek, created_at FROM messages
-               WHERE clinic_id = %(clinic_id)s AND conversation_id = %(conversation_id)s
-                 AND status = 'done' AND (content_enc IS NOT NULL OR content IS NOT NULL)
-                 AND created_at <= (SELECT created_at FROM messages WHERE id = %(question_id)s)
-               ORDER BY created_at DESC LIMIT %(limit)s) recent
-           ORDER BY created_at""",
-        {
-            "clinic_id": clinic_id,
-            "conversation_id": job["conversation_id"],
-            "question_id": job["reply_to"],
-            "limit": max(1, history),
-        },
-    )
-    turns = [dict(row) for row in cur.fetchall()]
-    system = (
-        f"You are the front-office assistant of {clinic['name']}, a clinic. Answer staff "
-        "questions briefly and factually from these numbers; say when you do not know.\n"
-        f"- clinic time zone: {clinic['timezone']}\n"
-        f"- new leads this week: {clinic['leads_this_week']}\n"
-        f"- new leads today: {clinic['leads_today']}\n"
-        f"- open background jobs: {clinic['open_jobs']}\n"
-    )
-    return system, turns
+def _cache_key(
+    clinic_id: UUID,
+    job: dict[str, Any],
+    system: str,
+    history: list[dict[str, Any]],
+    policy: WorkerPolicy,
+) -> bytes | None:
+    """The reply cache's key for this answer, from the context the model is given; None
+    when the answer is not to be stored (TTL 0, `no-store`, a job from before the cache)."""
+    mac = (job["payload"] or {}).get("cacheQuestion")
+    if policy.cache_ttl_seconds <= 0 or not isinstance(mac, str):
+        return None
+    if not history or history[-1]["id"] != job["reply_to"]:
+        return None  # the question itself is not the last turn: nothing to key it by
+    earlier = [row["id"] for row in history[:-1]]
+    return reply_cache.cache_key(clinic_id, bytes.fromhex(mac), system, earlier)

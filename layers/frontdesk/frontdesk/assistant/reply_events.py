@@ -35,7 +35,8 @@ What a client gets (`for_client`):
     assistant.reply.delta  {"eventId", "replyId", "conversationId", "clinicId", "jobId",
                             "attempt", "seq", "reset", "delta"}
     assistant.reply.done   {"eventId", "replyId", "conversationId", "clinicId", "jobId",
-                            "attempt", "status": "done" | "failed", "content", "error"}
+                            "attempt", "status": "done" | "failed", "cached", "content",
+                            "error"}
 
 `seq` counts 1, 2, ... within one attempt; the deltas of an attempt, joined in `seq` order,
 are the stored reply. A retry (the worker died or the model failed mid-stream) streams
@@ -44,7 +45,9 @@ what was shown. Events can arrive out of order and twice (SQS), so a client keep
 reply, the attempt and the last `seq` it showed: it ignores a delta of an earlier attempt,
 a `seq` it has shown, and any delta after `done`; it starts over on a later attempt; it
 applies deltas in `seq` order (a gap: wait, or read the reply); `done` with its `content`
-replaces whatever it showed.
+replaces whatever it showed. A reply answered from the reply cache
+(frontdesk.assistant.reply_cache) has no deltas: one `done` with `cached: true` and
+`attempt: 0`, written by the request that asked.
 """
 
 from __future__ import annotations
@@ -113,12 +116,16 @@ def delta(reply: ReplyRef, key: DataKey, *, attempt: int, seq: int, text: str) -
     }
 
 
-def done(reply: ReplyRef, key: DataKey, *, attempt: int, content: str) -> dict[str, Any]:
-    """The detail of an `assistant.reply.done` for a reply stored."""
+def done(
+    reply: ReplyRef, key: DataKey, *, attempt: int, content: str, cached: bool = False
+) -> dict[str, Any]:
+    """The detail of an `assistant.reply.done` for a reply stored (`cached`: answered from
+    the reply cache in the request, attempt 0, no deltas before it)."""
     return {
         **reply.ids(),
         "attempt": attempt,
         "status": "done",
+        "cached": cached,
         "encryptedContent": _sealed(key, content, _done_aad(reply.reply_id, attempt)),
         "error": None,
     }
@@ -126,7 +133,13 @@ def done(reply: ReplyRef, key: DataKey, *, attempt: int, content: str) -> dict[s
 
 def failed(reply: ReplyRef, *, attempt: int, error: str) -> dict[str, Any]:
     """The detail of an `assistant.reply.done` for a reply that failed (no text to carry)."""
-    return {**reply.ids(), "attempt": attempt, "status": "failed", "error": error}
+    return {
+        **reply.ids(),
+        "attempt": attempt,
+        "status": "failed",
+        "cached": False,
+        "error": error,
+    }
 
 
 def for_client(cipher: EnvelopeCipher, detail_type: str, detail: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +156,7 @@ def for_client(cipher: EnvelopeCipher, detail_type: str, detail: dict[str, Any])
         aad = _done_aad(detail["replyId"], int(detail["attempt"]))
         shown["content"] = _opened(cipher, sealed, aad) if sealed else None
         shown.setdefault("error", None)
+        shown.setdefault("cached", False)
         return shown
     return detail
 

@@ -13,6 +13,8 @@ them, on Housekeeping's hourly run. One setting per table (RETENTION_*):
   RETENTION_IMPORT_PARTS_DAYS ago;
 - `websocket_connections`: connections API Gateway has closed by now (past their 2 hours)
   without telling us (a `$disconnect` can be lost).
+- `assistant_reply_cache`: answers past their `expires_at` (stored with
+  ASSISTANT_REPLY_CACHE_TTL_SECONDS; frontdesk.assistant.reply_cache).
 
 Each table is deleted from in bounded batches, one short transaction each, until nothing is
 left or the run's time is up (the next run goes on). The same run encrypts the assistant's
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from frontdesk.assistant import conversations
+from frontdesk.assistant import conversations, reply_cache
 from frontdesk.config import Settings
 from frontdesk.leads import imports
 from frontdesk.platform import idempotency, outbox
@@ -102,6 +104,10 @@ def run(
         ),
         "websocket_connections": (
             lambda n: connections.forget_expired(db, limit=n),
+            _BATCH,
+        ),
+        "assistant_reply_cache": (
+            lambda n: reply_cache.purge_expired(db, limit=n),
             _BATCH,
         ),
         "encrypted_plaintext": (

@@ -193,6 +193,11 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def normalise_question(question: str) -> str:
+    """Casefolded, whitespace runs collapsed to one space, trimmed."""
+    return " ".join(question.casefold().split())
+
+
 _NOT_DIGITS = re.compile(r"\D")
 
 
@@ -214,6 +219,11 @@ class BlindIndex:
 
     def phone(self, phone: str | None) -> bytes | None:
         return None if phone is None else self._mac("phone", normalise_phone(phone))
+
+    def reply_question(self, clinic_id: object, question: str) -> bytes:
+        """A staff question's MAC for the assistant's reply cache: per clinic, over the
+        question casefolded with its whitespace collapsed (frontdesk.assistant.reply_cache)."""
+        return self._mac("reply-question", f"{clinic_id}:{normalise_question(question)}")
 
     def _mac(self, kind: str, value: str) -> bytes:
         # hmac.digest: the one-shot C path, the same MAC as hmac.new(...).digest().

@@ -6,17 +6,36 @@ limit (provider_accounts.next_call_at), retries with exponential backoff and jit
 (honouring Retry-After on 429), and the shared PostgreSQL circuit breaker
 (frontdesk.platform.breaker) named per account. The poller (frontdesk.sync.poller) uses
 the same caller.
+
+**Concurrent fetches.** A fetch job's items are fetched a group at a time, each group's
+calls concurrently on a thread pool of PROVIDER_FETCH_CONCURRENCY workers (default 8), then
+upserted in one short transaction, while the next group's calls are already out (a refused
+group fails the job; the group in flight is waited for and dropped). The bound is per
+account: one job is one account, and a container handles one record at a time. The
+account's rate limit holds too: a group reserves its calls' slots in the shared
+`next_call_at` in one statement (`reserve_calls`), and call i starts no sooner than its
+slot (wait + i / requests_per_second), so all containers together still make at most
+requests_per_second calls. Threads, not asyncio (aiolimiter): the adapters are blocking
+urllib, the handler is synchronous, and the limit that matters is already shared in
+PostgreSQL across containers, which an in-process limiter cannot be; a bounded
+ThreadPoolExecutor is the stdlib's bound on calls in flight. The threads make HTTP calls
+only: the container's one database connection stays with the record's thread. A call that
+fails transiently (429, 5xx, timeout) in a group goes through `call` afterwards, alone,
+with the usual retries, backoff, hold-off and breaker; a 404 counts as gone and a refusal
+fails the job before its group is written, as one by one. Each group is written once, ON
+CONFLICT by external id, so a redelivered job writes no duplicate.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 
 from frontdesk.appointments.provider_bookings import ExternalBooking
@@ -44,7 +63,8 @@ if TYPE_CHECKING:
     from frontdesk.services import Services
 
 T = TypeVar("T")
-_FETCH_GROUP = 10  # items fetched between two commits (and progress updates)
+_FETCH_GROUP = 10  # items fetched between two commits (and progress updates), at least
+_GROUP_PER_WORKER = 2  # with concurrent fetches: this many items per worker per group
 
 
 class TransientSyncError(Exception):
@@ -65,6 +85,8 @@ class CallPolicy:
     sleep: Callable[[float], None] = time.sleep
     # Where providers may be called (public addresses, unless allowed by settings).
     egress: Egress = field(default_factory=Egress)
+    # At most this many calls of one account in flight at once (1: one after the other).
+    concurrency: int = 8
 
 
 def _breaker_name(account_id: UUID) -> str:
@@ -90,9 +112,11 @@ class ProviderCaller:
                 f"circuit open for this provider account ({admission.wait_seconds:.0f} s left)"
             )
 
-    def call(self, operation: Callable[[], T]) -> T:
+    def call(self, operation: Callable[[], T], *, attempts_made: int = 0) -> T:
+        """One call with the rate limit, retries and breaker (`attempts_made`: attempts
+        already spent on it by `call_many`)."""
         policy = self._policy
-        attempt = 0
+        attempt = attempts_made
         while True:
             attempt += 1
             with transaction(self._db) as cur:
@@ -122,6 +146,89 @@ class ProviderCaller:
             with transaction(self._db) as cur:
                 breaker.record_success(cur, _breaker_name(self._account_id))
             return answer
+
+    def call_many(
+        self, operations: Sequence[Callable[[], T]], pool: Executor | None
+    ) -> list[T | ProviderNotFound | ProviderRejected]:
+        """Every operation's answer, in order, or the ProviderNotFound / ProviderRejected it
+        raised (`start_many`, then its answers)."""
+        return self.start_many(operations, pool)()
+
+    def start_many(
+        self, operations: Sequence[Callable[[], T]], pool: Executor | None
+    ) -> Callable[[], list[T | ProviderNotFound | ProviderRejected]]:
+        """Start the operations concurrently on `pool` within the rate limit, and return
+        what collects their answers in order (each answer, or the ProviderNotFound /
+        ProviderRejected it raised). Transient failures are retried one by one through
+        `call` when collected, which raises TransientSyncError when they persist. With no
+        pool, nothing starts early: collecting calls one by one and stops at the first
+        refusal, as before."""
+        if pool is None or len(operations) <= 1:
+            return partial(self._one_by_one, operations)
+        policy = self._policy
+        with transaction(self._db) as cur:
+            wait, spacing = provider_accounts.reserve_calls(cur, self._account_id, len(operations))
+        if wait > policy.max_wait_seconds:
+            raise TransientSyncError(f"the provider account is rate limited for {wait:.0f} s")
+        start = time.monotonic() + wait
+
+        def first_attempt(slot: int, operation: Callable[[], T]) -> T | ProviderError:
+            delay = start + slot * spacing - time.monotonic()
+            if delay > 0:
+                policy.sleep(delay)
+            try:
+                return operation()
+            except ProviderError as exc:
+                return exc
+
+        futures = [pool.submit(first_attempt, i, op) for i, op in enumerate(operations)]
+        return lambda: self._collect(operations, [f.result() for f in futures])
+
+    def _one_by_one(
+        self, operations: Sequence[Callable[[], T]]
+    ) -> list[T | ProviderNotFound | ProviderRejected]:
+        results: list[T | ProviderNotFound | ProviderRejected] = []
+        for operation in operations:
+            try:
+                results.append(self.call(operation))
+            except (ProviderNotFound, ProviderRejected) as exc:
+                results.append(exc)
+                if isinstance(exc, ProviderRejected):
+                    break
+        return results
+
+    def _collect(
+        self, operations: Sequence[Callable[[], T]], answers: list[T | ProviderError]
+    ) -> list[T | ProviderNotFound | ProviderRejected]:
+        """The first attempts' answers, with the transient failures retried one by one."""
+        policy = self._policy
+        again: list[int] = []
+        for index, answer in enumerate(answers):
+            if isinstance(answer, (ProviderRateLimited, ProviderUnavailable)):
+                again.append(index)
+            elif isinstance(answer, ProviderError) and not isinstance(
+                answer, (ProviderNotFound, ProviderRejected)
+            ):
+                raise answer
+        limited = [a.retry_after_seconds for a in answers if isinstance(a, ProviderRateLimited)]
+        with transaction(self._db) as cur:
+            if limited:
+                provider_accounts.hold_off(cur, self._account_id, max(limited))
+            if len(again) < len(answers):
+                breaker.record_success(cur, _breaker_name(self._account_id))
+        if any(isinstance(answers[i], ProviderUnavailable) for i in again):
+            policy.sleep(policy.backoff_base_seconds * 2 * random.uniform(0.5, 1.0))
+        for index in again:
+            self.retries += 1
+            try:
+                answers[index] = self.call(operations[index], attempts_made=1)
+            except (ProviderNotFound, ProviderRejected) as exc:
+                answers[index] = exc
+        results: list[T | ProviderNotFound | ProviderRejected] = []
+        for answer in answers:
+            assert not isinstance(answer, (ProviderRateLimited, ProviderUnavailable))
+            results.append(answer)  # type: ignore[arg-type]
+        return results
 
     def _failed(self, error: str) -> None:
         with transaction(self._db) as cur:
@@ -171,68 +278,86 @@ def run_fetch(services: Services, policy: CallPolicy, *, job_id: UUID, clinic_id
     caller = ProviderCaller(db, account_id, policy)
     caller.admit()
     adapter = adapter_of(account, policy)
-    for start in range(0, len(items), _FETCH_GROUP):
-        group = items[start : start + _FETCH_GROUP]
-        fetched: list[ExternalLead] = []
-        bookings: list[ExternalBooking] = []
-        for item in group:
-            fetch: Callable[[str], ProviderLead | ProviderBooking] = (
-                adapter.fetch_lead if item["resource"] == "lead" else adapter.fetch_booking
-            )
-            try:
-                answer = caller.call(partial(fetch, item["externalId"]))
-            except ProviderNotFound:
-                counts["gone"] += 1
-                continue
-            except ProviderRejected as exc:
-                with services.unit_of_work(request_id=rid) as uow:
-                    provider_accounts.record_error(uow.cur, account_id, str(exc))
-                    jobs.finish(uow.cur, job_id, status="failed", error=str(exc))
-                return "failed"
-            if isinstance(answer, ProviderBooking):
-                booking = _external_booking(answer)
-                if isinstance(booking, str):  # the provider's data breaks our rules: skip it
-                    booking_counts["skipped"] += 1
-                    _note_skipped(skipped, answer.external_id, booking)
-                else:
-                    bookings.append(booking)
-                continue
-            external = _external(answer)
-            if external is None:
-                counts["invalid"] += 1  # the provider's data breaks our rules: skip it
-                continue
-            fetched.append(external)
-        with services.unit_of_work(request_id=rid) as uow:
-            outcome = upsert_leads(
-                uow,
-                services.cipher,
-                services.blind_index,
-                clinic_id=clinic_id,
-                provider=account.provider,
-                source=account.provider,
-                items=fetched,
-            )
-            for state in outcome.values():
-                counts[state] += 1
-            booked, reasons = upsert_bookings(
-                uow,
-                services.cipher,
-                services.blind_index,
-                clinic_id=clinic_id,
-                provider=account.provider,
-                items=bookings,
-            )
-            for state in booked.values():
-                booking_counts[state] += 1
-            for external_id, reason in reasons.items():
-                _note_skipped(skipped, external_id, reason)
-            finished = min(len(items), start + len(group))
-            jobs.set_progress(
-                uow.cur,
-                job_id,
-                percent=int(100 * finished / max(1, len(items))),
-                message=f"{finished}/{len(items)} fetched",
-            )
+    group_size = max(_FETCH_GROUP, _GROUP_PER_WORKER * policy.concurrency)
+    with ThreadPoolExecutor(
+        max_workers=policy.concurrency, thread_name_prefix="provider-fetch"
+    ) as threads:
+        pool = threads if policy.concurrency > 1 else None
+
+        def start_group(start: int) -> Callable[[], list[Any]]:
+            calls: list[Callable[[], ProviderLead | ProviderBooking]] = [
+                partial(
+                    adapter.fetch_lead if item["resource"] == "lead" else adapter.fetch_booking,
+                    item["externalId"],
+                )
+                for item in items[start : start + group_size]
+            ]
+            return caller.start_many(calls, pool)
+
+        starts = range(0, len(items), group_size)
+        in_flight = start_group(0) if items else None
+        for start in starts:
+            group = items[start : start + group_size]
+            fetched: list[ExternalLead] = []
+            bookings: list[ExternalBooking] = []
+            assert in_flight is not None
+            answers = in_flight()
+            # The next group's calls go out while this one is written.
+            following = start + group_size
+            in_flight = start_group(following) if following < len(items) else None
+            for answer in answers:
+                if isinstance(answer, ProviderNotFound):
+                    counts["gone"] += 1
+                    continue
+                if isinstance(answer, ProviderRejected):
+                    with services.unit_of_work(request_id=rid) as uow:
+                        provider_accounts.record_error(uow.cur, account_id, str(answer))
+                        jobs.finish(uow.cur, job_id, status="failed", error=str(answer))
+                    return "failed"
+                if isinstance(answer, ProviderBooking):
+                    booking = _external_booking(answer)
+                    if isinstance(booking, str):  # the provider's data breaks our rules
+                        booking_counts["skipped"] += 1
+                        _note_skipped(skipped, answer.external_id, booking)
+                    else:
+                        bookings.append(booking)
+                    continue
+                external = _external(answer)
+                if external is None:
+                    counts["invalid"] += 1  # the provider's data breaks our rules: skip it
+                    continue
+                fetched.append(external)
+            with services.unit_of_work(request_id=rid) as uow:
+                outcome = upsert_leads(
+                    uow,
+                    services.cipher,
+                    services.blind_index,
+                    clinic_id=clinic_id,
+                    provider=account.provider,
+                    source=account.provider,
+                    items=fetched,
+                )
+                for state in outcome.values():
+                    counts[state] += 1
+                booked, reasons = upsert_bookings(
+                    uow,
+                    services.cipher,
+                    services.blind_index,
+                    clinic_id=clinic_id,
+                    provider=account.provider,
+                    items=bookings,
+                )
+                for state in booked.values():
+                    booking_counts[state] += 1
+                for external_id, reason in reasons.items():
+                    _note_skipped(skipped, external_id, reason)
+                finished = min(len(items), start + len(group))
+                jobs.set_progress(
+                    uow.cur,
+                    job_id,
+                    percent=int(100 * finished / max(1, len(items))),
+                    message=f"{finished}/{len(items)} fetched",
+                )
     result = {
         **counts,
         "bookings": booking_counts,

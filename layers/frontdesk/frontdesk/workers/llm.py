@@ -113,6 +113,7 @@ def answer(item: Item[JobMessage], lambda_context: Any) -> str:
                 history_messages=settings.llm_history_messages,
                 delta_interval_seconds=settings.llm_delta_interval_ms / 1000,
                 first_token_seconds=settings.llm_first_token_timeout_seconds,
+                cache_ttl_seconds=settings.assistant_reply_cache_ttl_seconds,
             ),
             timeout_seconds=call_timeout(settings, remaining),
             last_attempt=context.is_last_attempt,

@@ -32,6 +32,7 @@ def call_policy(settings: Settings) -> CallPolicy:
         breaker_threshold=settings.provider_breaker_failure_threshold,
         breaker_cooldown_seconds=settings.provider_breaker_cooldown_seconds,
         egress=Egress.from_settings(settings),
+        concurrency=settings.provider_fetch_concurrency,
     )
 
 
