@@ -31,14 +31,14 @@ DEV_ARGS ?=
 dev: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m local.dev $(DEV_ARGS)
 
-## make test: unit, integration, e2e and fault tests
+## make test: unit, integration, e2e and fault tests, a worker per CPU
 test: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 ## make test-db: the quick tests that touch PostgreSQL (CI runs them against DATABASE_URL too;
 ## the slow ones, process kills and restarts, run in `make test` on the embedded server)
 test-db: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest -m "db and not slow"
+	$(PY) -m pytest -n auto -m "db and not slow"
 
 ## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
 lint: $(VENV)/.installed-py313 $(SAM_VENV)/.installed

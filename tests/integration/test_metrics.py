@@ -492,7 +492,7 @@ def test_queue_health_for_operators_only(app: App, ops: Any) -> None:
     # Then every configured queue is listed with its depth, in-flight count and DLQ depth
     assert status == 200, body
     queues = {q["name"]: q for q in body["data"]["queues"]}
-    assert set(queues) == {"notifications", "llm", "sync", "push"}
+    assert set(queues) == {"notifications", "llm", "sync", "push", "webhooks"}
     notifications = queues["notifications"]
     assert (notifications["depth"], notifications["inFlight"], notifications["dlqDepth"]) == (
         1,
