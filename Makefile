@@ -35,10 +35,14 @@ dev: $(VENV)/.installed-py313 .frontdesk/run
 test: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m pytest -n auto
 
-## make test-db: the quick tests that touch PostgreSQL (CI runs them against DATABASE_URL too;
-## the slow ones, process kills and restarts, run in `make test` on the embedded server)
+## make test-db: the quick tests that touch PostgreSQL (CI runs them against DATABASE_URL too);
+## `make test` runs the rest on the embedded server: the slow ones (process kills, restarts)
+## and the suites of the HTTP layer over the same SQL (tenant isolation, fuzzing, text rule)
 test-db: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest -n auto -m "db and not slow"
+	$(PY) -m pytest -n auto -m "db and not slow" \
+	    --ignore=tests/integration/test_tenant_isolation.py \
+	    --ignore=tests/integration/test_api_fuzz.py \
+	    --ignore=tests/integration/test_text_rule.py
 
 ## make lint: ruff, mypy --strict, cfn-lint (+ serverless rules), sam validate --lint
 lint: $(VENV)/.installed-py313 $(SAM_VENV)/.installed
