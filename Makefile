@@ -35,11 +35,13 @@ dev: $(VENV)/.installed-py313 .frontdesk/run
 test: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m pytest -n auto
 
-## make test-db: the quick tests that touch PostgreSQL (CI runs them against DATABASE_URL too);
-## `make test` runs the rest on the embedded server: the slow ones (process kills, restarts)
-## and the suites of the HTTP layer over the same SQL (tenant isolation, fuzzing, text rule)
+## make test-db: the quick integration tests that touch PostgreSQL (CI runs them against
+## DATABASE_URL too); `make test` runs the rest on the embedded server: the slow ones, the
+## processes (e2e, faults), the assistant's worker and the suites of the HTTP layer over the
+## same SQL (tenant isolation, fuzzing, text rule)
 test-db: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest -n auto -m "db and not slow" \
+	$(PY) -m pytest -n auto -m "db and not slow" tests/integration \
+	    --ignore=tests/integration/test_assistant.py \
 	    --ignore=tests/integration/test_tenant_isolation.py \
 	    --ignore=tests/integration/test_api_fuzz.py \
 	    --ignore=tests/integration/test_text_rule.py
