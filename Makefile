@@ -31,16 +31,20 @@ DEV_ARGS ?=
 dev: $(VENV)/.installed-py313 .frontdesk/run
 	$(PY) -m local.dev $(DEV_ARGS)
 
-## make test: unit, integration, e2e and fault tests, a worker per CPU
+# Test workers: two per CPU, as the tests spend about half their time waiting on processes,
+# servers and timers rather than computing.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+
+## make test: unit, integration, e2e and fault tests, two workers per CPU
 test: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 ## make test-db: the quick integration tests that touch PostgreSQL (CI runs them against
 ## DATABASE_URL too); `make test` runs the rest on the embedded server: the slow ones, the
 ## processes (e2e, faults), the assistant's worker and the suites of the HTTP layer over the
 ## same SQL (tenant isolation, fuzzing, text rule)
 test-db: $(VENV)/.installed-py313 .frontdesk/run
-	$(PY) -m pytest -n auto -m "db and not slow" tests/integration \
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "db and not slow" tests/integration \
 	    --ignore=tests/integration/test_assistant.py \
 	    --ignore=tests/integration/test_tenant_isolation.py \
 	    --ignore=tests/integration/test_api_fuzz.py \

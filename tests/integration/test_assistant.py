@@ -720,8 +720,13 @@ def wait_until(condition: Any, seconds: float = 10) -> bool:
 
 @pytest.fixture
 def every_chunk(chat: App, monkeypatch: pytest.MonkeyPatch) -> App:
-    """Deltas not coalesced: one per token the model sends, so counts are exact."""
+    """Deltas not coalesced: one per token the model sends, so counts are exact. Each is
+    relayed within a generous budget (never left to the sweeper on a loaded machine), and the
+    model may wait for that between tokens (tests look at the database meanwhile)."""
     monkeypatch.setenv("LLM_DELTA_INTERVAL_MS", "0")
+    monkeypatch.setenv("RELAY_READ_TIMEOUT_SECONDS", "10")
+    monkeypatch.setenv("RELAY_BUDGET_SECONDS", "30")
+    monkeypatch.setenv("LLM_TIMEOUT_SECONDS", "15")
     reset_process_state()
     return chat
 
