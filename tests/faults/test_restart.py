@@ -61,7 +61,7 @@ def test_sigkill_then_restart_every_lead_readable_deduplicated_and_emailed_once(
         f"""INSERT INTO notification_deliveries
                 (notification_id, clinic_id, job_id, channel, status, claimed_until)
             SELECT id::text || ':email', clinic_id, id, 'email', 'sending', now()
-            FROM jobs WHERE id = '{accepted[-1]['jobId']}'
+            FROM jobs WHERE id = '{accepted[-1]["jobId"]}'
             ON CONFLICT (notification_id) DO NOTHING RETURNING job_id""",
     )
     rows(

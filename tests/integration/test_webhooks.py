@@ -27,6 +27,7 @@ from tests.support import (
     http_response,
     load_handler,
     reset_process_state,
+    sqs_event,
 )
 
 
@@ -44,6 +45,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay: float = 0.0  # seconds before it answers
+    got_one: threading.Event = field(default_factory=threading.Event)
 
 
 @pytest.fixture
@@ -58,6 +61,8 @@ def receiver() -> Iterator[Receiver]:
                     Received({k.lower(): v for k, v in self.headers.items()}, body)
                 )
                 status = state.statuses.pop(0) if state.statuses else 200
+            state.got_one.set()
+            time.sleep(state.delay)
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -298,6 +303,59 @@ def test_an_endpoint_failing_in_a_row_is_disabled_with_an_event_and_replay_sends
     )
     assert detail["data"]["status"] == "delivered"
     assert detail["data"]["replayOf"] == delivery["id"]
+
+
+def test_copies_of_a_delivery_message_post_it_once(
+    hooks: App, api: Any, worker: Any, receiver: Receiver
+) -> None:
+    from frontdesk.platform.queues import WebhookDeliveryMessage
+
+    # Given two deliveries to post (replays of a delivered one), and a receiver slow to answer
+    register(api, hooks, receiver.url, ["lead.created"])
+    create_lead(api, hooks)
+    drain(hooks, worker)
+    [(delivered,)] = rows(hooks, "SELECT id FROM outbound_webhook_deliveries")
+    first, second = (
+        call(api, "POST", f"/webhooks/deliveries/{delivered}/replay", hooks.clinic_id)[2]["data"]
+        for _ in range(2)
+    )
+
+    def message(delivery: dict[str, Any]) -> str:
+        body = WebhookDeliveryMessage(delivery_id=delivery["id"], clinic_id=hooks.clinic_id)
+        return json.dumps(body.body())
+
+    def posts(delivery: dict[str, Any]) -> int:
+        return len(
+            [r for r in receiver.requests if r.headers["webhook-delivery-id"] == delivery["id"]]
+        )
+
+    receiver.delay = 1.0
+    # When one batch holds a message twice (SQS delivers at least once)
+    answer = worker.handler(sqs_event([message(first), message(first)]), LambdaContext())
+    # Then it is posted once, and neither record comes back
+    assert answer == {"batchItemFailures": []}
+    assert posts(first) == 1
+    # When one worker is posting a delivery and another gets a copy of its message meanwhile
+    receiver.got_one.clear()
+    answers: list[Any] = []
+    posting = threading.Thread(
+        target=lambda: answers.append(worker.handler(sqs_event([message(second)]), LambdaContext()))
+    )
+    posting.start()
+    assert receiver.got_one.wait(10)
+    answers.append(worker.handler(sqs_event([message(second)]), LambdaContext()))
+    posting.join(10)
+    # Then the copy posts nothing and is done; the one posting records one attempt
+    assert answers == [{"batchItemFailures": []}] * 2
+    assert posts(second) == 1
+    assert rows(
+        hooks,
+        "SELECT status, attempts, claimed_until FROM outbound_webhook_deliveries WHERE id = %s",
+        second["id"],
+    ) == [("delivered", 1, None)]
+    # And a copy coming after it was delivered posts nothing either
+    worker.handler(sqs_event([message(second)]), LambdaContext())
+    assert posts(second) == 1
 
 
 @pytest.mark.slow

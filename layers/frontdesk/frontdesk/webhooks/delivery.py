@@ -5,12 +5,13 @@ the subscribable domain events to the webhooks queue. There, `fan_out` turns a b
 events into one delivery row per (enabled endpoint of the event's clinic that takes its
 type, event) and one delivery message each, in one unit of work: a redelivered event finds
 its rows (a unique index) and adds nothing. `attempt` then handles a batch of delivery
-messages: one query loads them with their endpoints, the posts go out concurrently (each
-through the SSRF rule after DNS, connected to the address checked, with short connect and
-read timeouts, so a slow receiver fails its own attempt and holds up nobody else's for
-long), and one unit of work records every attempt, the deliveries' states and the
-endpoints' runs of failures, disabling an endpoint whose run reached the threshold (with a
-`webhook.endpoint_disabled` event).
+messages: one statement claims and loads them with their endpoints (a copy of a message
+that another worker is posting finds the claim and posts nothing), the posts go out
+concurrently (each through the SSRF rule after DNS, connected to the address checked, with
+short connect and read timeouts, so a slow receiver fails its own attempt and holds up
+nobody else's for long), and one unit of work records every attempt, the deliveries' states
+and the endpoints' runs of failures (ending the claims), disabling an endpoint whose run
+reached the threshold (with a `webhook.endpoint_disabled` event).
 
 What a receiver gets: `POST <url>` with the JSON body `{"id": <event id>, "type",
 "createdAt", "clinicId", "data": {...}}` (ids, times, statuses; never PII), the headers
@@ -63,6 +64,9 @@ ATTEMPT_HEADER = "Webhook-Attempt"
 USER_AGENT = "Frontdesk-Webhooks/1"
 # Concurrent posts per batch: a few slow receivers cost one timeout, not one each.
 MAX_PARALLEL_POSTS = 16
+# How long a worker holds a delivery it is posting: beyond WebhookWorker's timeout (30 s),
+# within the queue's visibility timeout (180 s), after which its own message comes back.
+CLAIM_SECONDS = 60
 # SQS: a message's delay (and so a retry's) is at most 15 minutes.
 MAX_DELAY_SECONDS = 900
 # What is read of a receiver's answer (and thrown away): enough to end the exchange.
@@ -215,7 +219,8 @@ class Attempted:
 
     `outcome`: delivered, retry (failed; again after `delay` seconds), given_up (failed on
     the last attempt: dead-letter the message), cancelled (its endpoint is disabled), done
-    (delivered before: a duplicate message) or gone (the endpoint was deleted)."""
+    (delivered before: a duplicate message), duplicate (another copy of the message is being
+    posted now) or gone (the endpoint was deleted)."""
 
     outcome: str
     reason: str = ""
@@ -236,16 +241,24 @@ def _opener(egress: Egress) -> urllib.request.OpenerDirector:
     return egress.opener()
 
 
-def _load(db: Database, ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
+def _load_and_claim(db: Database, ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
+    """The deliveries with their endpoints; `claimed` says which this worker now holds (the
+    ones still to post that no other worker holds)."""
     with transaction(db) as cur:
         cur.execute(
-            """SELECT d.id, d.clinic_id, d.endpoint_id, d.event_id, d.event_type, d.payload,
+            """WITH claimed AS (
+                   UPDATE outbound_webhook_deliveries
+                   SET claimed_until = now() + make_interval(secs => %(claim)s)
+                   WHERE id = ANY(%(ids)s) AND status IN ('pending', 'retrying')
+                     AND (claimed_until IS NULL OR claimed_until < now())
+                   RETURNING id)
+               SELECT d.id, d.clinic_id, d.endpoint_id, d.event_id, d.event_type, d.payload,
                       d.status, d.attempts, w.url, w.status AS endpoint_status,
-                      w.secret_enc, w.dek
+                      w.secret_enc, w.dek, d.id IN (SELECT id FROM claimed) AS claimed
                FROM outbound_webhook_deliveries d
                JOIN webhook_endpoints w ON w.id = d.endpoint_id
                WHERE d.id = ANY(%(ids)s)""",
-            {"ids": list(ids)},
+            {"ids": list(ids), "claim": CLAIM_SECONDS},
         )
         return {row["id"]: dict(row) for row in cur.fetchall()}
 
@@ -260,7 +273,7 @@ def attempt(
 ) -> list[Attempted]:
     """Attempt each delivery of (message, is its last attempt) once; what became of each, in
     order. `open_unit_of_work()` gives the unit of work that records them."""
-    rows = _load(db, [m.delivery_id for m, _ in messages])
+    rows = _load_and_claim(db, [m.delivery_id for m, _ in messages])
     results: list[Attempted | None] = [None] * len(messages)
     to_post: list[tuple[int, dict[str, Any], bool]] = []
     cancelled: list[UUID] = []
@@ -270,11 +283,17 @@ def attempt(
             results[n] = Attempted("gone", "the delivery or its endpoint was deleted")
         elif row["status"] in ("delivered", "cancelled"):
             results[n] = Attempted("done", f"the delivery is {row['status']}")
+        elif not row["claimed"]:
+            # Another copy of this message, in this batch or another worker's, holds it: that
+            # one posts, and sends its own retry if the post fails.
+            results[n] = Attempted("duplicate", "another worker is posting this delivery")
         elif row["endpoint_status"] != "enabled":
             results[n] = Attempted("cancelled", "the endpoint is disabled")
             cancelled.append(row["id"])
         else:
             to_post.append((n, row, last))
+        if row is not None:
+            row["claimed"] = False  # a second copy in this batch is a duplicate
     secrets: dict[UUID, str] = {}
     requests: list[tuple[str, bytes, dict[str, str]]] = []
     for _, row, _ in to_post:
@@ -349,7 +368,8 @@ def _record(
                status = CASE WHEN a.ok THEN 'delivered' WHEN a.last THEN 'failed'
                              ELSE 'retrying' END,
                delivered_at = CASE WHEN a.ok THEN now() END,
-               last_status_code = a.code, last_error = a.error, updated_at = now()
+               last_status_code = a.code, last_error = a.error, updated_at = now(),
+               claimed_until = NULL
            FROM unnest(%(ids)s::uuid[], %(ok)s::boolean[], %(last)s::boolean[],
                        %(codes)s::int[], %(errors)s::text[]) AS a(id, ok, last, code, error)
            WHERE d.id = a.id AND d.status NOT IN ('delivered', 'cancelled')""",

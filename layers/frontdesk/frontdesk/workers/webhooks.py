@@ -5,8 +5,9 @@ A batch holds both kinds of message. The events of a batch are fanned out in one
 work (a delivery row and message per matching endpoint; a redelivered event adds nothing)
 and their records succeed. The deliveries of a batch are attempted together, the posts
 concurrent; what becomes of each record:
-- delivered, or nothing left to do (delivered before, its endpoint deleted or disabled):
-  the record succeeds and Lambda deletes the message;
+- delivered, or nothing left to do (delivered before, its endpoint deleted or disabled,
+  another copy of the message being posted by another worker): the record succeeds and
+  Lambda deletes the message;
 - failed: the message's visibility timeout is set to a full-jitter backoff
   (ChangeMessageVisibility, at most 900 s) and the record fails, so SQS hands it back
   after that delay: the next attempt;
