@@ -170,6 +170,11 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", "/webhooks/endpoints/{endpoint_id}"): Case(
         "object", lambda b: f"/webhooks/endpoints/{b['endpoint']}"
     ),
+    ("POST", "/webhooks/endpoints/{endpoint_id}/rotate-secret"): Case(
+        "object",
+        lambda b: f"/webhooks/endpoints/{b['endpoint']}/rotate-secret",
+        lambda b: {"previousSecretValidHours": 0},
+    ),
     ("GET", "/webhooks/endpoints/{endpoint_id}/deliveries"): Case(
         "object", lambda b: f"/webhooks/endpoints/{b['endpoint']}/deliveries"
     ),

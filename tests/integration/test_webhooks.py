@@ -305,6 +305,74 @@ def test_an_endpoint_failing_in_a_row_is_disabled_with_an_event_and_replay_sends
     assert detail["data"]["replayOf"] == delivery["id"]
 
 
+def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(
+    hooks: App, api: Any, worker: Any, receiver: Receiver
+) -> None:
+    # Given an endpoint whose receiver knows its secret
+    endpoint = register(api, hooks, receiver.url, ["lead.created"])
+    old = endpoint["secret"].encode()
+    path = f"/webhooks/endpoints/{endpoint['id']}/rotate-secret"
+    # When an admin rotates the secret (with an Idempotency-Key, sent twice)
+    answers = [
+        call(api, "POST", path, hooks.clinic_id, {}, **{"Idempotency-Key": "rotate-1"})
+        for _ in range(2)
+    ]
+    # Then the answer shows a new secret, the same on the retry, and until when the old one
+    # signs too (24 hours by default); no read shows either secret
+    assert [status for status, _, _ in answers] == [200, 200]
+    rotated = answers[0][2]["data"]
+    new = rotated["secret"].encode()
+    assert new != old and rotated["secret"].startswith("whsec_")
+    assert answers[1][2]["data"]["secret"] == rotated["secret"]
+    _, _, read = call(api, "GET", f"/webhooks/endpoints/{endpoint['id']}", hooks.clinic_id)
+    assert read["data"]["previousSecretExpiresAt"] == rotated["previousSecretExpiresAt"]
+    assert "secret" not in read["data"]
+    for secret in (old, new):
+        assert rows(
+            hooks,
+            "SELECT count(*) FROM webhook_endpoints"
+            " WHERE secret_enc::text LIKE %s OR previous_secret_enc::text LIKE %s",
+            f"%{secret.hex()}%",
+            f"%{secret.hex()}%",
+        ) == [(0,)]
+    # And a delivery meanwhile carries both signatures: the receiver may check either
+    create_lead(api, hooks)
+    drain(hooks, worker)
+    got = receiver.requests[-1]
+    signature = parse_signature(got.headers["webhook-signature"])
+    assert len(signature.signatures) == 2
+    verify(new, signature, got.body)
+    verify(old, signature, got.body)
+    # When the old secret's time is up
+    rows(
+        hooks,
+        "UPDATE webhook_endpoints SET previous_secret_expires_at = now() RETURNING id",
+    )
+    create_lead(api, hooks)
+    drain(hooks, worker)
+    # Then deliveries are signed with the new secret alone
+    got = receiver.requests[-1]
+    signature = parse_signature(got.headers["webhook-signature"])
+    verify(new, signature, got.body)
+    with pytest.raises(Exception, match="does not match"):
+        verify(old, signature, got.body)
+    _, _, read = call(api, "GET", f"/webhooks/endpoints/{endpoint['id']}", hooks.clinic_id)
+    assert read["data"]["previousSecretExpiresAt"] is None
+    # And a rotation asking 0 hours stops the replaced secret at once
+    status, _, now = call(api, "POST", path, hooks.clinic_id, {"previousSecretValidHours": 0})
+    assert status == 200 and now["data"]["previousSecretExpiresAt"] is None
+    create_lead(api, hooks)
+    drain(hooks, worker)
+    signature = parse_signature(receiver.requests[-1].headers["webhook-signature"])
+    assert len(signature.signatures) == 1
+    verify(now["data"]["secret"].encode(), signature, receiver.requests[-1].body)
+    # And more than a week, or another clinic's endpoint, is refused
+    status, _, problem = call(api, "POST", path, hooks.clinic_id, {"previousSecretValidHours": 169})
+    assert status == 422, problem
+    other = uuid.uuid4()
+    assert call(api, "POST", path, other, {})[0] in (403, 404)
+
+
 def test_copies_of_a_delivery_message_post_it_once(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:

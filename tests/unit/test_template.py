@@ -389,6 +389,7 @@ def test_api_routes_and_their_authorization(template: Template) -> None:
         ("GET", "/webhooks/endpoints/{id}", "StaffJwt"),
         ("PATCH", "/webhooks/endpoints/{id}", "StaffJwt"),
         ("DELETE", "/webhooks/endpoints/{id}", "StaffJwt"),
+        ("POST", "/webhooks/endpoints/{id}/rotate-secret", "StaffJwt"),
         ("GET", "/webhooks/endpoints/{id}/deliveries", "StaffJwt"),
         ("GET", "/webhooks/deliveries/{id}", "StaffJwt"),
         ("POST", "/webhooks/deliveries/{id}/replay", "StaffJwt"),

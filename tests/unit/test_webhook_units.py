@@ -68,7 +68,7 @@ def test_a_signed_request_verifies_with_our_verifier_and_names_the_event() -> No
         "event_type": "lead.created",
         "payload": {"id": "e", "data": {"leadId": "l"}},
     }
-    body, headers = signed_request("whsec_unit", row, 2, now=1_800_000_000)
+    body, headers = signed_request(["whsec_unit"], row, 2, now=1_800_000_000)
     # Then the receiver's check passes with the secret, and fails with another
     signature = parse_signature(headers["Webhook-Signature"])
     check_timestamp(signature, now=1_800_000_010, tolerance_seconds=300)

@@ -50,10 +50,12 @@ def parse_signature(header: str | None) -> Signature:
     return Signature(timestamp, tuple(signatures))
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+def sign(secret: bytes, timestamp: int, body: bytes, *also: bytes) -> str:
     """The header value for `body` signed at `timestamp` (a provider's, ours to a clinic's
-    endpoint; the fake provider and tests use it too)."""
-    return f"t={timestamp},v1={_mac(secret, timestamp, body).hex()}"
+    endpoint; the fake provider and tests use it too); with a v1= signature per secret in
+    `also` after the first (a secret being rotated out)."""
+    macs = [_mac(key, timestamp, body).hex() for key in (secret, *also)]
+    return ",".join([f"t={timestamp}", *(f"v1={mac}" for mac in macs)])
 
 
 def _mac(secret: bytes, timestamp: int, body: bytes) -> bytes:

@@ -55,7 +55,7 @@ from frontdesk.platform.signature import SIGNATURE_HEADER, sign
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync.egress import Egress, EgressRefused
 from frontdesk.values import ApiModel, Timestamp
-from frontdesk.webhooks.endpoints import SUBSCRIBABLE, decrypt_secret
+from frontdesk.webhooks.endpoints import SUBSCRIBABLE, decrypt_previous_secret, decrypt_secret
 
 EVENT_ID_HEADER = "Webhook-Event-Id"
 EVENT_TYPE_HEADER = "Webhook-Event-Type"
@@ -195,16 +195,26 @@ def post(
     return Posted(code if code is not None and 100 <= code <= 599 else None, error, latency)
 
 
+def _secrets(cipher: EnvelopeCipher, row: dict[str, Any]) -> list[str]:
+    """The endpoint's signing secret, then the one it replaced while that is still valid."""
+    endpoint = {**row, "id": row["endpoint_id"]}
+    found = [decrypt_secret(cipher, endpoint)]
+    if endpoint["previous_secret_enc"] is not None:
+        found.append(decrypt_previous_secret(cipher, endpoint))
+    return found
+
+
 def signed_request(
-    secret: str, row: dict[str, Any], attempt: int, now: float | None = None
+    secrets: list[str], row: dict[str, Any], attempt: int, now: float | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of one attempt of a delivery row."""
+    """The body and headers of one attempt of a delivery row, signed with each secret."""
     body = json.dumps(row["payload"], separators=(",", ":"), sort_keys=True).encode()
     timestamp = int(time.time() if now is None else now)
+    current, *previous = (secret.encode() for secret in secrets)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(secret.encode(), timestamp, body),
+        SIGNATURE_HEADER: sign(current, timestamp, body, *previous),
         EVENT_ID_HEADER: str(row["event_id"]),
         EVENT_TYPE_HEADER: str(row["event_type"]),
         DELIVERY_ID_HEADER: str(row["id"]),
@@ -254,7 +264,10 @@ def _load_and_claim(db: Database, ids: Sequence[UUID]) -> dict[UUID, dict[str, A
                    RETURNING id)
                SELECT d.id, d.clinic_id, d.endpoint_id, d.event_id, d.event_type, d.payload,
                       d.status, d.attempts, w.url, w.status AS endpoint_status,
-                      w.secret_enc, w.dek, d.id IN (SELECT id FROM claimed) AS claimed
+                      w.secret_enc, w.dek, d.id IN (SELECT id FROM claimed) AS claimed,
+                      CASE WHEN w.previous_secret_expires_at > now()
+                           THEN w.previous_secret_enc END AS previous_secret_enc,
+                      w.previous_dek
                FROM outbound_webhook_deliveries d
                JOIN webhook_endpoints w ON w.id = d.endpoint_id
                WHERE d.id = ANY(%(ids)s)""",
@@ -294,14 +307,11 @@ def attempt(
             to_post.append((n, row, last))
         if row is not None:
             row["claimed"] = False  # a second copy in this batch is a duplicate
-    secrets: dict[UUID, str] = {}
+    secrets: dict[UUID, list[str]] = {}
     requests: list[tuple[str, bytes, dict[str, str]]] = []
     for _, row, _ in to_post:
         if row["endpoint_id"] not in secrets:
-            secrets[row["endpoint_id"]] = decrypt_secret(
-                cipher,
-                {"id": row["endpoint_id"], "secret_enc": row["secret_enc"], "dek": row["dek"]},
-            )
+            secrets[row["endpoint_id"]] = _secrets(cipher, row)
         body, headers = signed_request(secrets[row["endpoint_id"]], row, row["attempts"] + 1)
         requests.append((row["url"], body, headers))
     posted: list[Posted] = []

@@ -2,10 +2,12 @@
 
 The secret is generated here (never chosen by the client), shown once in the answer to the
 registration, and kept envelope-encrypted on the row like lead PII; no list or read shows
-it again. The URL is checked against the SSRF rule when it is saved (https, no credentials,
-no private, loopback, link-local or metadata address or name: frontdesk.sync.egress) and
-again, after DNS, at every send. Every statement names the clinic: one clinic never reads
-or changes another's endpoints.
+it again. Rotating it makes a new one, shown once the same way; the one it replaces stays
+valid for the hours asked (24 by default, 0 to stop it at once), during which deliveries
+carry a signature with each. The URL is checked against the SSRF rule when it is saved
+(https, no credentials, no private, loopback, link-local or metadata address or name:
+frontdesk.sync.egress) and again, after DNS, at every send. Every statement names the
+clinic: one clinic never reads or changes another's endpoints.
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ class EndpointUpdate(BaseModel):
     _types = field_validator("eventTypes")(_known_types)
 
 
+class SecretRotation(BaseModel):
+    """How long the secret being replaced stays valid beside the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    previousSecretValidHours: int = Field(
+        default=24,
+        ge=0,
+        le=168,
+        description="hours the replaced secret still signs deliveries (0: it stops now)",
+    )
+
+
 class EndpointOut(ApiModel):
     """An endpoint as its clinic's admins see it: never the secret."""
 
@@ -91,19 +106,23 @@ class EndpointOut(ApiModel):
     consecutive_failures: int
     last_success_at: Timestamp | None
     last_failure_at: Timestamp | None
+    previous_secret_expires_at: Timestamp | None = Field(
+        description="while a rotated-out secret still signs deliveries: until when"
+    )
     created_at: Timestamp
     updated_at: Timestamp
 
 
 class EndpointRegistered(ApiModel):
-    """What the registration's unit of work answers (and an Idempotency-Key replay repeats):
-    the endpoint, not its secret (that stays encrypted, on the row only)."""
+    """What the registration's or a rotation's unit of work answers (and an Idempotency-Key
+    replay repeats): the endpoint, not its secret (that stays encrypted, on the row only)."""
 
     endpoint: EndpointOut
 
 
 class EndpointCreated(EndpointOut):
-    """The registration's answer: the endpoint and, this once, its signing secret."""
+    """The registration's (or a rotation's) answer: the endpoint and, this once, its
+    signing secret."""
 
     secret: str = Field(description="the signing secret, shown only in this answer")
 
@@ -114,7 +133,10 @@ class EndpointDeleted(ApiModel):
 
 
 _COLUMNS = """id, url, event_types, description, status, disabled_reason, consecutive_failures,
-              last_success_at, last_failure_at, created_at, updated_at"""
+              last_success_at, last_failure_at,
+              CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+                  AS previous_secret_expires_at,
+              created_at, updated_at"""
 
 
 def register(
@@ -129,7 +151,7 @@ def register(
     refuses (nothing is written)."""
     egress.check_url(endpoint.url, "url")
     endpoint_id = uuid.uuid4()
-    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    secret = _new_secret()
     key = cipher.data_key()
     uow.cur.execute(
         f"""INSERT INTO webhook_endpoints
@@ -153,6 +175,45 @@ def register(
     return EndpointRegistered(endpoint=EndpointOut.model_validate(row))
 
 
+def _new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def rotate_secret(
+    uow: UnitOfWork,
+    cipher: EnvelopeCipher,
+    *,
+    clinic_id: UUID,
+    endpoint_id: UUID,
+    rotation: SecretRotation,
+) -> EndpointRegistered:
+    """Give the endpoint a new secret; the current one moves, still encrypted under its own
+    data key, to the previous secret's place for the hours asked (none: it is dropped)."""
+    secret = _new_secret()
+    key = cipher.data_key()
+    hours = rotation.previousSecretValidHours
+    uow.cur.execute(
+        f"""UPDATE webhook_endpoints SET
+               previous_secret_enc = CASE WHEN %(hours)s > 0 THEN secret_enc END,
+               previous_dek = CASE WHEN %(hours)s > 0 THEN dek END,
+               previous_secret_expires_at = CASE WHEN %(hours)s > 0
+                   THEN now() + make_interval(hours => %(hours)s) END,
+               secret_enc = %(secret)s, dek = %(dek)s, kms_key_id = %(kms_key_id)s,
+               updated_at = now()
+           WHERE id = %(id)s AND clinic_id = %(clinic)s
+           RETURNING {_COLUMNS}""",
+        {
+            "id": endpoint_id,
+            "clinic": clinic_id,
+            "hours": hours,
+            "secret": cipher.encrypt(key, secret, field_aad(_TABLE, endpoint_id, "secret")),
+            "dek": key.encrypted,
+            "kms_key_id": key.kms_key_id,
+        },
+    )
+    return EndpointRegistered(endpoint=_one(uow.cur, clinic_id, endpoint_id))
+
+
 def decrypt_secret(cipher: EnvelopeCipher, row: dict[str, Any]) -> str:
     """The signing secret of an endpoint row (its id, secret_enc and dek)."""
     value = cipher.decrypt(
@@ -160,6 +221,15 @@ def decrypt_secret(cipher: EnvelopeCipher, row: dict[str, Any]) -> str:
     )
     assert value is not None
     return value
+
+
+def decrypt_previous_secret(cipher: EnvelopeCipher, row: dict[str, Any]) -> str:
+    """The rotated-out secret of an endpoint row (id, previous_secret_enc, previous_dek):
+    the ciphertext it had as the current one."""
+    return decrypt_secret(
+        cipher,
+        {"id": row["id"], "secret_enc": row["previous_secret_enc"], "dek": row["previous_dek"]},
+    )
 
 
 def reveal_secret(

@@ -23,6 +23,7 @@ from frontdesk.webhooks.endpoints import (
     EndpointOut,
     EndpointRegistered,
     EndpointUpdate,
+    SecretRotation,
 )
 
 router = APIRouter(route_class=GuardedRoute, tags=["webhooks"], responses=ERROR_RESPONSES)
@@ -58,6 +59,37 @@ def create_webhook_endpoint(
     )
     created = EndpointCreated(**saved.model_dump(), secret=secret)
     return web.ok(created, "createWebhookEndpoint", "webhookEndpoint", [saved.id])
+
+
+@router.post(
+    "/webhooks/endpoints/{endpoint_id}/rotate-secret",
+    summary="Give an endpoint a new signing secret, in this answer only; the old one signs "
+    "beside it for the hours asked (admin)",
+)
+def rotate_webhook_secret(
+    admin: Admin, endpoint_id: UUID, rotation: SecretRotation, web: Write
+) -> Envelope[EndpointCreated]:
+    services = web.services
+    rotated = web.run(
+        EndpointRegistered,
+        "rotateWebhookSecret",
+        {"id": str(endpoint_id), **rotation.model_dump()},
+        admin.clinic_id,
+        lambda uow: endpoints.rotate_secret(
+            uow,
+            services.cipher,
+            clinic_id=admin.clinic_id,
+            endpoint_id=endpoint_id,
+            rotation=rotation,
+        ),
+    )
+    # As at registration: decrypted from the row for this answer and a retry with its key.
+    saved = rotated.endpoint
+    secret = endpoints.reveal_secret(
+        services.database, services.cipher, clinic_id=admin.clinic_id, endpoint_id=saved.id
+    )
+    answer = EndpointCreated(**saved.model_dump(), secret=secret)
+    return web.ok(answer, "rotateWebhookSecret", "webhookEndpoint", [saved.id])
 
 
 @router.get("/webhooks/endpoints", summary="The clinic's endpoints, without secrets (admin)")
