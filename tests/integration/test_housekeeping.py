@@ -278,6 +278,18 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             created,
             expires,
         )
+    for name, expires_in in (("rotated-out", "-1 minute"), ("rotating", "1 hour")):
+        execute(
+            app,
+            """INSERT INTO webhook_endpoints (id, clinic_id, url, event_types, secret_enc, dek,
+                   kms_key_id, description, previous_secret_enc, previous_dek,
+                   previous_secret_expires_at)
+               VALUES (gen_random_uuid(), %s, 'https://hooks.example/in', '{lead.created}',
+                       '', '', '', %s, '\x01', '\x01', now() + %s::interval)""",
+            app.clinic_id,
+            name,
+            expires_in,
+        )
     unsent = rows(app, "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id")
     # When Housekeeping's retention runs
     done = run("retention")
@@ -291,8 +303,14 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "lead_import_parts": 1,
         "websocket_connections": 1,
         "assistant_reply_cache": 1,
+        "webhook_previous_secrets": 1,
         "encrypted_plaintext": 0,
     }
+    assert rows(
+        app,
+        "SELECT description, previous_secret_enc IS NOT NULL FROM webhook_endpoints"
+        " WHERE description IS NOT NULL ORDER BY description",
+    ) == [("rotated-out", False), ("rotating", True)]
     assert rows(app, "SELECT key FROM assistant_reply_cache") == [(b"new".ljust(32, b"-"),)]
     assert rows(app, "SELECT connection_id FROM websocket_connections") == [("open=",)]
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]

@@ -15,6 +15,7 @@ them, on Housekeeping's hourly run. One setting per table (RETENTION_*):
   without telling us (a `$disconnect` can be lost).
 - `assistant_reply_cache`: answers past their `expires_at` (stored with
   ASSISTANT_REPLY_CACHE_TTL_SECONDS; frontdesk.assistant.reply_cache).
+- `webhook_endpoints`: a rotated-out signing secret once its time is up (the endpoint stays).
 
 Each table is deleted from in bounded batches, one short transaction each, until nothing is
 left or the run's time is up (the next run goes on). The same run encrypts the assistant's
@@ -36,6 +37,7 @@ from frontdesk.platform.db import Database
 from frontdesk.push import connections
 from frontdesk.sync import webhooks
 from frontdesk.webhooks import delivery as outbound
+from frontdesk.webhooks import endpoints
 
 # Rows per statement; parts are up to 1 MiB each, so fewer of them at once.
 _BATCH = 5000
@@ -108,6 +110,10 @@ def run(
         ),
         "assistant_reply_cache": (
             lambda n: reply_cache.purge_expired(db, limit=n),
+            _BATCH,
+        ),
+        "webhook_previous_secrets": (
+            lambda n: endpoints.forget_expired_secrets(db, limit=n),
             _BATCH,
         ),
         "encrypted_plaintext": (

@@ -214,6 +214,20 @@ def rotate_secret(
     return EndpointRegistered(endpoint=_one(uow.cur, clinic_id, endpoint_id))
 
 
+def forget_expired_secrets(db: Database, *, limit: int) -> int:
+    """Drop up to `limit` rotated-out secrets whose time is up (Housekeeping)."""
+    with transaction(db) as cur:
+        cur.execute(
+            """UPDATE webhook_endpoints
+               SET previous_secret_enc = NULL, previous_dek = NULL,
+                   previous_secret_expires_at = NULL
+               WHERE id IN (SELECT id FROM webhook_endpoints
+                            WHERE previous_secret_expires_at <= now() LIMIT %(limit)s)""",
+            {"limit": limit},
+        )
+        return cur.rowcount
+
+
 def decrypt_secret(cipher: EnvelopeCipher, row: dict[str, Any]) -> str:
     """The signing secret of an endpoint row (its id, secret_enc and dek)."""
     value = cipher.decrypt(
