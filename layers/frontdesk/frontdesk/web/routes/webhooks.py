@@ -51,14 +51,21 @@ def create_webhook_endpoint(
             endpoint=endpoint,
         ),
     )
-    # The secret is never stored in the clear (not with the Idempotency-Key's answer either):
-    # it is decrypted from the row for this answer, and for a retry with the same key.
-    saved = registered.endpoint
+    return _with_secret(web, admin.clinic_id, registered.endpoint, "createWebhookEndpoint")
+
+
+def _with_secret(
+    web: Write, clinic_id: UUID, saved: EndpointOut, operation: str
+) -> Envelope[EndpointCreated]:
+    """The endpoint and its secret. The secret is never stored in the clear (not with the
+    Idempotency-Key's answer either): it is decrypted from the row for this answer, and for
+    a retry with the same key."""
+    services = web.services
     secret = endpoints.reveal_secret(
-        services.database, services.cipher, clinic_id=admin.clinic_id, endpoint_id=saved.id
+        services.database, services.cipher, clinic_id=clinic_id, endpoint_id=saved.id
     )
-    created = EndpointCreated(**saved.model_dump(), secret=secret)
-    return web.ok(created, "createWebhookEndpoint", "webhookEndpoint", [saved.id])
+    answer = EndpointCreated(**saved.model_dump(), secret=secret)
+    return web.ok(answer, operation, "webhookEndpoint", [saved.id])
 
 
 @router.post(
@@ -83,13 +90,7 @@ def rotate_webhook_secret(
             rotation=rotation,
         ),
     )
-    # As at registration: decrypted from the row for this answer and a retry with its key.
-    saved = rotated.endpoint
-    secret = endpoints.reveal_secret(
-        services.database, services.cipher, clinic_id=admin.clinic_id, endpoint_id=saved.id
-    )
-    answer = EndpointCreated(**saved.model_dump(), secret=secret)
-    return web.ok(answer, "rotateWebhookSecret", "webhookEndpoint", [saved.id])
+    return _with_secret(web, admin.clinic_id, rotated.endpoint, "rotateWebhookSecret")
 
 
 @router.get("/webhooks/endpoints", summary="The clinic's endpoints, without secrets (admin)")
