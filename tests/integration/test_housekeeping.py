@@ -290,6 +290,23 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             name,
             expires_in,
         )
+    for name, status, age in (
+        ("old-sent", "sent", "91 days"),
+        ("old-failed", "failed", "91 days"),
+        ("old-sending", "sending", "91 days"),
+        ("recent-sent", "sent", "89 days"),
+    ):
+        execute(
+            app,
+            """INSERT INTO notification_deliveries (notification_id, clinic_id, channel, status,
+                                                    created_at, updated_at)
+               VALUES (%s, %s, 'email', %s, now() - %s::interval, now() - %s::interval)""",
+            name,
+            app.clinic_id,
+            status,
+            age,
+            age,
+        )
     unsent = rows(app, "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id")
     # When Housekeeping's retention runs
     done = run("retention")
@@ -301,6 +318,7 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "outbound_webhook_deliveries": 1,
         "assistant_usage": 2,
         "lead_import_parts": 1,
+        "notification_deliveries": 2,
         "websocket_connections": 1,
         "assistant_reply_cache": 1,
         "webhook_previous_secrets": 1,
@@ -312,6 +330,11 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         " WHERE description IS NOT NULL ORDER BY description",
     ) == [("rotated-out", False), ("rotating", True)]
     assert rows(app, "SELECT key FROM assistant_reply_cache") == [(b"new".ljust(32, b"-"),)]
+    assert rows(
+        app,
+        "SELECT notification_id FROM notification_deliveries WHERE notification_id IN"
+        " ('old-sent', 'old-failed', 'old-sending', 'recent-sent') ORDER BY 1",
+    ) == [("old-sending",), ("recent-sent",)]
     assert rows(app, "SELECT connection_id FROM websocket_connections") == [("open=",)]
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
     assert rows(app, "SELECT delivery_id FROM webhook_deliveries") == [("new",)]

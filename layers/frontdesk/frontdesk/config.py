@@ -213,6 +213,8 @@ class Settings(BaseSettings):
     retention_assistant_usage_days: int = Field(default=90, ge=2)
     # Kept as long as the DLQ keeps a dead import's message (14 days), so a replay finds it.
     retention_import_parts_days: int = Field(default=14, ge=0)
+    # Longer than a DLQ keeps a message (14 days) and the nightly metrics window (35 days).
+    retention_notification_deliveries_days: int = Field(default=90, ge=40)
 
     # Control-tower metrics. The recent run's schedule (template.yaml, rate(5 minutes)) in
     # seconds: the dashboard's Cache-Control max-age counts down from it.

@@ -11,6 +11,8 @@ them, on Housekeeping's hourly run. One setting per table (RETENTION_*):
   an hour;
 - `lead_import_parts`: files of imports whose job ended more than
   RETENTION_IMPORT_PARTS_DAYS ago;
+- `notification_deliveries`: the record of each email and SMS sent or failed, after
+  RETENTION_NOTIFICATION_DELIVERIES_DAYS (frontdesk.notifications);
 - `websocket_connections`: connections API Gateway has closed by now (past their 2 hours)
   without telling us (a `$disconnect` can be lost).
 - `assistant_reply_cache`: answers past their `expires_at` (stored with
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from frontdesk import notifications
 from frontdesk.assistant import conversations, reply_cache
 from frontdesk.config import Settings
 from frontdesk.leads import imports
@@ -52,6 +55,7 @@ class RetentionPolicy:
     webhook_deliveries_days: int
     assistant_usage_days: int
     import_parts_days: int
+    notification_deliveries_days: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
@@ -61,6 +65,7 @@ class RetentionPolicy:
             webhook_deliveries_days=settings.retention_webhook_deliveries_days,
             assistant_usage_days=settings.retention_assistant_usage_days,
             import_parts_days=settings.retention_import_parts_days,
+            notification_deliveries_days=settings.retention_notification_deliveries_days,
         )
 
 
@@ -103,6 +108,12 @@ def run(
                 db, older_than_days=policy.import_parts_days, limit=n
             ),
             _PART_BATCH,
+        ),
+        "notification_deliveries": (
+            lambda n: notifications.purge_ended(
+                db, older_than_days=policy.notification_deliveries_days, limit=n
+            ),
+            _BATCH,
         ),
         "websocket_connections": (
             lambda n: connections.forget_expired(db, limit=n),
