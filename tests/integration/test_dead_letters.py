@@ -122,6 +122,13 @@ def test_replay_moves_chosen_messages_back_and_they_are_processed_once(
         "/ops/dead-letters/replay",
         body={"queue": "notifications", "messageIds": [chosen]},
     )
+    # (the job queued again is an event for its screens: it left with the answer)
+    with psycopg.connect(app.database_url) as conn:
+        unsent = conn.execute(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND strpos(payload::text, %s) > 0",
+            (dead["jobId"],),
+        ).fetchone()
+    assert unsent == (0,)
     _, again = call(
         ops,
         app,

@@ -21,7 +21,7 @@ duplicate delivery, which every consumer already absorbs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -33,6 +33,7 @@ from frontdesk.errors import NotFound, PermanentMessageError
 from frontdesk.platform import jobs
 from frontdesk.platform.db import Database, transaction
 from frontdesk.platform.queues import JobKind, Queue, parse
+from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.values import ApiModel
 
 # Seconds a listed message stays hidden while the listing pages on (reset to 0 at the end).
@@ -259,12 +260,14 @@ def _explain(db: Database, letters: list[DeadLetter]) -> None:
 
 
 def replay(
-    db: Database,
+    open_unit_of_work: Callable[[], UnitOfWork],
     sqs: Any,
     dlqs: Sequence[DeadLetterQueue],
     message_ids: Sequence[str] | None,
 ) -> ReplayOutcome:
-    """Move the chosen messages (None: all) of the given DLQs back to their source queues."""
+    """Move the chosen messages (None: all) of the given DLQs back to their source queues;
+    their dead jobs are queued again in a unit of work from `open_unit_of_work()` (the jobs'
+    events go out with it)."""
     wanted = set(message_ids) if message_ids is not None else None
     result = ReplayOutcome()
     for dlq in dlqs:
@@ -276,7 +279,7 @@ def replay(
                 kept.extend(m for m in batch if m not in chosen)
                 if not chosen:
                     continue
-                result.jobs_requeued += _requeue_jobs(db, chosen)
+                result.jobs_requeued += _requeue_jobs(open_unit_of_work, chosen)
                 sent = _send_copies(sqs, dlq.source_url, chosen)
                 kept.extend(m for m in chosen if m["MessageId"] not in sent)
                 done = [m for m in chosen if m["MessageId"] in sent]
@@ -296,17 +299,19 @@ def replay(
     return result
 
 
-def _requeue_jobs(db: Database, messages: Sequence[dict[str, Any]]) -> int:
+def _requeue_jobs(
+    open_unit_of_work: Callable[[], UnitOfWork], messages: Sequence[dict[str, Any]]
+) -> int:
     job_ids = [j for j in (_job_id(m.get("Body", "")) for m in messages) if j is not None]
     if not job_ids:
         return 0
     from frontdesk.assistant.replies import requeue_replies
 
-    with transaction(db) as cur:
-        revived = jobs.revive_dead(cur, job_ids)
+    with open_unit_of_work() as uow:
+        revived = jobs.revive_dead(uow.cur, job_ids)
         replies = [row["id"] for row in revived if row["kind"] == JobKind.ASSISTANT_REPLY]
         if replies:
-            requeue_replies(cur, replies)
+            requeue_replies(uow.cur, replies)
     return len(revived)
 
 

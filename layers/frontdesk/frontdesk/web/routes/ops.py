@@ -76,7 +76,7 @@ def replay_dead_letters(
         body.model_dump(mode="json"),
         operator.clinic_id,
         lambda: dead_letters.replay(
-            services.database,
+            lambda: services.unit_of_work(request_id=web.request_id),
             services.aws.client("sqs"),
             _dlqs(web, body.queue),
             body.messageIds,
