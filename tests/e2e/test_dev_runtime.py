@@ -113,6 +113,7 @@ def test_a_lead_from_the_web_form_reaches_the_clinic_by_email(
             f"{api}/public/leads",
             headers={"X-Form-Key": info["formKey"]},
             json={"name": "Ada Lovelace", "email": "ada@example.com", "consent": True},
+            timeout=30,
         )
         assert created.status_code == 201, created.text
         lead_id, job_id = created.json()["data"]["id"], created.json()["data"]["jobId"]
@@ -122,15 +123,17 @@ def test_a_lead_from_the_web_form_reaches_the_clinic_by_email(
         assert emails[0].data["leadId"] == lead_id
 
         def finished_job() -> dict[str, Any] | None:
-            job: dict[str, Any] = httpx.get(f"{api}/jobs/{job_id}", headers=staff).json()["data"]
+            job: dict[str, Any] = httpx.get(
+                f"{api}/jobs/{job_id}", headers=staff, timeout=30
+            ).json()["data"]
             return job if job["status"] == "succeeded" else None
 
         job = wait_for("the job to succeed", finished_job)
         assert job["progress"] == 100 and job["result"]["channel"] == "email"
         # And staff read the lead back decrypted; without a token they are refused
-        lead = httpx.get(f"{api}/leads/{lead_id}", headers=staff)
+        lead = httpx.get(f"{api}/leads/{lead_id}", headers=staff, timeout=30)
         assert lead.json()["data"]["email"] == "ada@example.com"
-        assert httpx.get(f"{api}/leads/{lead_id}").status_code == 401
+        assert httpx.get(f"{api}/leads/{lead_id}", timeout=30).status_code == 401
         # And the runtime logged the invocation and the email
         wait_for("the log lines", lambda: "EMAIL sent by NotifyWorker" in dev.output())
         assert "NotifyWorker REPORT" in dev.output() and "Records: 1 Failures: 0" in dev.output()
@@ -152,7 +155,7 @@ def test_embedded_default_starts_and_ctrl_c_leaves_no_process_behind(state_dir: 
         if str(state_dir / "pgdata") in " ".join(p.info["cmdline"] or [])
     ]
     assert postgres, "the embedded PostgreSQL should be running"
-    answer = httpx.get(f"{dev.info['apiUrl']}/openapi.json")
+    answer = httpx.get(f"{dev.info['apiUrl']}/openapi.json", timeout=30)
     assert answer.status_code == 200 and "/public/leads" in answer.json()["paths"]
     # When it is stopped with Ctrl-C
     assert dev.stop() == 0, dev.output()

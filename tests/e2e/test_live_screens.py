@@ -103,6 +103,7 @@ def see_leads_and_jobs(
         f"{api}/public/leads",
         headers={"X-Form-Key": info["formKey"]},
         json={"name": "Ada Lovelace", "email": "ada@example.com", "consent": True},
+        timeout=30,
     )
     assert created.status_code == 201, created.text
     lead_id, job_id = created.json()["data"]["id"], created.json()["data"]["jobId"]
@@ -118,6 +119,7 @@ def see_leads_and_jobs(
         f"{api}/leads/imports",
         headers={"Authorization": f"Bearer {info['staffToken']}", "Content-Type": "text/csv"},
         content="name,email,phone,notes,consent\n" + rows,
+        timeout=30,
     )
     assert uploaded.status_code == 202, uploaded.text
     import_job = uploaded.json()["data"]["jobId"]
@@ -231,6 +233,7 @@ def forgotten_is_removed(dev: DevProcess, screen: ClientConnection, database_url
         f"{dev.info['apiUrl']}/public/leads",
         headers={"X-Form-Key": dev.info["formKey"]},
         json={"name": "Grace Hopper", "phone": "+1 555 0100", "consent": True},
+        timeout=30,
     )
     lead_id = created.json()["data"]["id"]
     # Then the live screen gets it, and the forgotten connection's row is deleted (410)
@@ -255,7 +258,10 @@ def test_a_reply_streams_to_the_conversations_screen_and_ends_with_the_stored_te
     staff = {"Authorization": f"Bearer {info['staffToken']}"}
     # Given a conversation (its first reply done) and a screen following it
     started = httpx.post(
-        f"{api}/assistant/conversations", headers=staff, json={"content": "How many leads?"}
+        f"{api}/assistant/conversations",
+        headers=staff,
+        json={"content": "How many leads?"},
+        timeout=30,
     )
     assert started.status_code == 202, started.text
     conversation = started.json()["data"]["conversationId"]
@@ -267,6 +273,7 @@ def test_a_reply_streams_to_the_conversations_screen_and_ends_with_the_stored_te
             f"{api}/assistant/conversations/{conversation}/messages",
             headers=staff,
             json={"content": "And how many appointments this week?"},
+            timeout=30,
         )
         assert asked.status_code == 202, asked.text
         reply_id = asked.json()["data"]["id"]
@@ -287,5 +294,7 @@ def test_a_reply_streams_to_the_conversations_screen_and_ends_with_the_stored_te
                 done = detail
     assert done["status"] == "done" and sorted(deltas) == list(range(1, len(deltas) + 1))
     # And the deltas in order are the reply, as stored
-    stored = httpx.get(f"{api}/assistant/messages/{reply_id}", headers=staff).json()["data"]
+    stored = httpx.get(f"{api}/assistant/messages/{reply_id}", headers=staff, timeout=30).json()[
+        "data"
+    ]
     assert "".join(deltas[seq] for seq in sorted(deltas)) == done["content"] == stored["content"]
