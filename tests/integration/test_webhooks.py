@@ -452,6 +452,22 @@ def test_a_delivery_failing_every_attempt_is_dead_lettered_with_its_reason(
     assert status == 200, listed
     [letter] = listed["data"]
     assert letter["reason"] == "webhook delivery failed after 5 attempts: HTTP 503"
+    # When the receiver is back and an operator replays the message
+    receiver.statuses = []
+    event = http_event(
+        "POST",
+        "/ops/dead-letters/replay",
+        body={"queue": "webhooks", "all": True},
+        clinic_id=hooks.clinic_id,
+    )
+    event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"] = "[operator]"
+    status, _, replayed = http_response(ops.handler(event, LambdaContext()))
+    assert status == 200 and len(replayed["data"]["replayed"]) == 1, replayed
+    drain(hooks, fresh_worker)
+    # Then it is posted once more, and delivered
+    assert [r.headers["webhook-attempt"] for r in receiver.requests][-1] == "6"
+    assert len(receiver.requests) == 6
+    assert rows(hooks, "SELECT status FROM outbound_webhook_deliveries") == [("delivered",)]
 
 
 def resolve(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:

@@ -253,13 +253,14 @@ def _opener(egress: Egress) -> urllib.request.OpenerDirector:
 
 def _load_and_claim(db: Database, ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
     """The deliveries with their endpoints; `claimed` says which this worker now holds (the
-    ones still to post that no other worker holds)."""
+    ones still to post, a failed one replayed from the DLQ too, that no other worker
+    holds)."""
     with transaction(db) as cur:
         cur.execute(
             """WITH claimed AS (
                    UPDATE outbound_webhook_deliveries
                    SET claimed_until = now() + make_interval(secs => %(claim)s)
-                   WHERE id = ANY(%(ids)s) AND status IN ('pending', 'retrying')
+                   WHERE id = ANY(%(ids)s) AND status NOT IN ('delivered', 'cancelled')
                      AND (claimed_until IS NULL OR claimed_until < now())
                    RETURNING id)
                SELECT d.id, d.clinic_id, d.endpoint_id, d.event_id, d.event_type, d.payload,
