@@ -373,6 +373,28 @@ def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(
     assert call(api, "POST", path, other, {})[0] in (403, 404)
 
 
+def test_an_event_delivered_twice_is_fanned_out_and_posted_once(
+    hooks: App, api: Any, worker: Any, receiver: Receiver
+) -> None:
+    # Given an endpoint, and the lead.created event as the bus's rule put it on the queue
+    register(api, hooks, receiver.url, ["lead.created"])
+    create_lead(api, hooks)
+    sqs, url = hooks.sqs(), hooks.queue_url("WebhooksQueue")
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    events = [m for m in received["Messages"] if '"lead.created"' in m["Body"]]
+    assert len(events) == 1
+    body = events[0]["Body"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=events[0]["ReceiptHandle"])
+    # When SQS hands it over twice in one batch, and once more later
+    first = worker.handler(sqs_event([body, body]), LambdaContext())
+    again = worker.handler(sqs_event([body]), LambdaContext())
+    drain(hooks, worker)
+    # Then every record succeeds, one delivery is made, and the receiver gets the event once
+    assert first == again == {"batchItemFailures": []}
+    assert rows(hooks, "SELECT count(*) FROM outbound_webhook_deliveries") == [(1,)]
+    assert len(receiver.requests) == 1
+
+
 def test_copies_of_a_delivery_message_post_it_once(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
