@@ -61,6 +61,12 @@ def claim(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest) -> Any | No
     )
     if cur.fetchone() is not None:
         return None
+    return _stored(cur, clinic_id, request)
+
+
+def _stored(cur: Cursor, clinic_id: UUID, request: IdempotencyRequest) -> Any | None:
+    """The response stored under a key another request took (None while it runs);
+    IdempotencyKeyReused when that request had another body."""
     cur.execute(
         """SELECT request_hash, response FROM idempotency_keys
            WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
@@ -113,20 +119,10 @@ def begin(db: Database, clinic_id: UUID, request: IdempotencyRequest) -> Any | N
         )
         if cur.fetchone() is not None:
             return None
-        cur.execute(
-            """SELECT request_hash, response FROM idempotency_keys
-               WHERE clinic_id = %(clinic_id)s AND key = %(key)s""",
-            {"clinic_id": clinic_id, "key": request.key},
-        )
-        stored = cur.fetchone()
-    assert stored is not None
-    if bytes(stored["request_hash"]) != request.request_hash:
-        raise IdempotencyKeyReused(
-            "this Idempotency-Key was already used with a different request body"
-        )
-    if stored["response"] is None:
+        response = _stored(cur, clinic_id, request)
+    if response is None:
         raise Conflict("a request with this Idempotency-Key is still running: retry shortly")
-    return stored["response"]
+    return response
 
 
 def finish(db: Database, clinic_id: UUID, request: IdempotencyRequest, response: Any) -> None:
