@@ -181,27 +181,26 @@ def list_leads(
     after = decode_cursor(cursor, filters) if cursor else None
     where = ["clinic_id = %(clinic_id)s"]
     params: dict[str, Any] = {"clinic_id": clinic_id, "limit": limit + 1}
-    if filters.status is not None:
-        where.append("status = %(status)s")
-        params["status"] = filters.status
-    if filters.source is not None:
-        where.append("source = %(source)s")
-        params["source"] = filters.source
-    if filters.assigned_to is not None:
-        where.append("assigned_to = %(assigned_to)s")
-        params["assigned_to"] = filters.assigned_to
-    if filters.created_from is not None:
-        where.append("created_at >= %(created_from)s")
-        params["created_from"] = filters.created_from
-    if filters.created_to is not None:
-        where.append("created_at < %(created_to)s")
-        params["created_to"] = filters.created_to
-    if filters.email is not None:
-        where.append("email_bidx = %(email_bidx)s")
-        params["email_bidx"] = blind_index.email(filters.email)
-    if filters.phone is not None:
-        where.append("phone_bidx = %(phone_bidx)s")
-        params["phone_bidx"] = blind_index.phone(filters.phone)
+    # Each filter given: its condition, and its value under the condition's parameter name.
+    given: dict[str, tuple[str, Any]] = {
+        "status": ("status = %(status)s", filters.status),
+        "source": ("source = %(source)s", filters.source),
+        "assigned_to": ("assigned_to = %(assigned_to)s", filters.assigned_to),
+        "created_from": ("created_at >= %(created_from)s", filters.created_from),
+        "created_to": ("created_at < %(created_to)s", filters.created_to),
+        "email_bidx": (
+            "email_bidx = %(email_bidx)s",
+            None if filters.email is None else blind_index.email(filters.email),
+        ),
+        "phone_bidx": (
+            "phone_bidx = %(phone_bidx)s",
+            None if filters.phone is None else blind_index.phone(filters.phone),
+        ),
+    }
+    for name, (condition, value) in given.items():
+        if value is not None:
+            where.append(condition)
+            params[name] = value
     if after is not None:
         # A row comparison: an index condition on (created_at, id), not a filter.
         where.append("(created_at, id) < (%(after_created)s, %(after_id)s)")
