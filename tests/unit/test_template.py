@@ -641,3 +641,14 @@ def test_each_http_function_serves_exactly_the_routes_the_template_gives_it(
         routed = {(r.method, shape(r.path)) for r in stack.http_routes(function_id)}
         # Then each serves what API Gateway sends it, and nothing else
         assert served == routed, function_id
+
+
+def test_every_event_an_endpoint_may_subscribe_to_reaches_the_webhooks_queue(
+    template: Template,
+) -> None:
+    from frontdesk.webhooks.endpoints import SUBSCRIBABLE
+
+    # Given the bus's rule to the webhooks queue
+    rule = template["Resources"]["WebhookEventsRule"]["Properties"]
+    # Then it routes exactly the event types a registration accepts
+    assert sorted(rule["EventPattern"]["detail-type"]) == sorted(SUBSCRIBABLE)
