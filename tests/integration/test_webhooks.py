@@ -373,6 +373,25 @@ def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(
     assert call(api, "POST", path, other, {})[0] in (403, 404)
 
 
+def test_a_lead_lifecycle_event_reaches_an_endpoint_subscribed_to_it(
+    hooks: App, api: Any, worker: Any, receiver: Receiver
+) -> None:
+    # Given an endpoint for lead.status_changed only
+    register(api, hooks, receiver.url, ["lead.status_changed"])
+    lead_id = create_lead(api, hooks)
+    # When staff move the lead on and WebhookWorker runs
+    status, _, moved = call(
+        api, "PATCH", f"/leads/{lead_id}", hooks.clinic_id, {"status": "contacted"}
+    )
+    assert status == 200, moved
+    drain(hooks, worker)
+    # Then the endpoint got that event, and no other
+    [got] = receiver.requests
+    body = json.loads(got.body)
+    assert body["type"] == "lead.status_changed" and body["data"]["leadId"] == lead_id
+    assert (body["data"]["from"], body["data"]["to"]) == ("new", "contacted")
+
+
 def test_an_event_delivered_twice_is_fanned_out_and_posted_once(
     hooks: App, api: Any, worker: Any, receiver: Receiver
 ) -> None:
