@@ -225,6 +225,23 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
             status,
             age,
         )
+    # A delivery replayed twice, all past the retention: the replays go first
+    execute(
+        app,
+        """WITH original AS (
+               INSERT INTO outbound_webhook_deliveries (id, clinic_id, endpoint_id, event_id,
+                   event_type, payload, status, delivered_at, created_at)
+               VALUES (gen_random_uuid(), %s, %s, gen_random_uuid(), 'lead.created', '{}',
+                       'cancelled', NULL, now() - interval '32 days')
+               RETURNING id, clinic_id, endpoint_id, event_id)
+           INSERT INTO outbound_webhook_deliveries (id, clinic_id, endpoint_id, event_id,
+               event_type, payload, status, delivered_at, created_at, replay_of)
+           SELECT gen_random_uuid(), clinic_id, endpoint_id, event_id, 'lead.created', '{}',
+                  'delivered', now(), now() - interval '31 days', id
+           FROM original, generate_series(1, 2)""",
+        app.clinic_id,
+        endpoint,
+    )
     for period, start in (
         ("minute", "now() - interval '2 hours'"),
         ("minute", "date_trunc('minute', now())"),
@@ -315,7 +332,7 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
         "outbox": 1,
         "idempotency_keys": 1,
         "webhook_deliveries": 1,
-        "outbound_webhook_deliveries": 1,
+        "outbound_webhook_deliveries": 3,
         "assistant_usage": 2,
         "lead_import_parts": 1,
         "notification_deliveries": 2,
@@ -339,6 +356,7 @@ def test_retention_deletes_old_rows_of_every_table_and_keeps_the_rest(
     assert rows(app, "SELECT key FROM idempotency_keys") == [("new-key",)]
     assert rows(app, "SELECT delivery_id FROM webhook_deliveries") == [("new",)]
     assert rows(app, "SELECT status FROM outbound_webhook_deliveries ORDER BY status") == [
+        ("cancelled",),  # the replayed one, next run
         ("failed",),
         ("retrying",),
     ]

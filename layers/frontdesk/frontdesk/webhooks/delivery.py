@@ -545,13 +545,17 @@ def replay(uow: UnitOfWork, *, clinic_id: UUID, delivery_id: UUID) -> DeliveryOu
 
 def purge_ended(db: Database, *, older_than_days: int, limit: int) -> int:
     """Forget deliveries that ended (delivered, failed, cancelled) before the retention, at
-    most `limit`, their attempts with them; one still pending or retrying stays."""
+    most `limit`, their attempts with them; one still pending or retrying stays. A delivery
+    that was replayed goes after its replays (deleting it first would make them all
+    originals of one event, which the unique index refuses)."""
     with transaction(db) as cur:
         cur.execute(
             """DELETE FROM outbound_webhook_deliveries WHERE id IN (
-                   SELECT id FROM outbound_webhook_deliveries
-                   WHERE created_at < now() - make_interval(days => %(days)s)
-                     AND status IN ('delivered', 'failed', 'cancelled')
+                   SELECT d.id FROM outbound_webhook_deliveries d
+                   WHERE d.created_at < now() - make_interval(days => %(days)s)
+                     AND d.status IN ('delivered', 'failed', 'cancelled')
+                     AND NOT EXISTS (SELECT 1 FROM outbound_webhook_deliveries r
+                                     WHERE r.replay_of = d.id)
                    LIMIT %(limit)s)""",
             {"days": older_than_days, "limit": limit},
         )
