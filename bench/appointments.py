@@ -14,7 +14,6 @@ Results: bench/results/appointments.json and .md. Nothing here asserts a timing.
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import threading
 import time
@@ -27,17 +26,16 @@ from typing import Any
 import psycopg
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     log,
-    markdown_table,
     seed_clinic,
     start_moto,
     start_postgres,
     stdout_to_devnull,
     use_database,
+    write_results,
 )
 
 N_BOOKINGS = 400
@@ -296,17 +294,8 @@ def main() -> None:
     finally:
         pg.drop_created()
         moto.server.stop()
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "appointments.json").write_text(
-        json.dumps({"rows": [r.__dict__ for r in report.rows], "details": report.details}, indent=2)
-        + "\n"
-    )
-    (RESULTS / "appointments.md").write_text(
-        "# Appointments benchmark\n\n" + table + "\n\n"
-        f"PostgreSQL {report.details['postgres']}, Python {report.details['python']}.\n"
-    )
-    print(table)
+    note = f"PostgreSQL {report.details['postgres']}, Python {report.details['python']}."
+    print(write_results("appointments", "Appointments benchmark", report, notes=[note]))
 
 
 if __name__ == "__main__":

@@ -19,16 +19,13 @@ Results: bench/results/assistant.json and bench/results/assistant.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -36,19 +33,18 @@ from fastapi import APIRouter
 from bench.common import (
     PRISTINE_ENV,
     REPO,
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
     stop_runtime,
     wait_for_runtime,
+    write_results,
 )
 
 # Module level: FastAPI resolves the blocking route's annotations in this module.
@@ -429,60 +425,36 @@ def main() -> None:
 
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    llm = FakeLlm(delay_seconds=MODEL_DELAY_SECONDS).start()
-    try:
-        database_url = postgres.fresh_database("frontdesk_bench_assistant")
-        stack = export_stack(moto, database_url)
-        os.environ.update(
-            LLM_PROVIDER="openai",
-            LLM_BASE_URL=llm.base_url,
-            LLM_API_KEY="sk-bench",
-            LLM_TIMEOUT_SECONDS="10",
-            ASSISTANT_REQUESTS_PER_MINUTE="1000000",
-            ASSISTANT_TOKENS_PER_DAY="1000000000",
-        )
-        from tests.support import reset_process_state, use_test_services
+    with postgres_and_moto() as (postgres, moto):
+        llm = FakeLlm(delay_seconds=MODEL_DELAY_SECONDS).start()
+        try:
+            database_url = postgres.fresh_database("frontdesk_bench_assistant")
+            stack = export_stack(moto, database_url)
+            os.environ.update(
+                LLM_PROVIDER="openai",
+                LLM_BASE_URL=llm.base_url,
+                LLM_API_KEY="sk-bench",
+                LLM_TIMEOUT_SECONDS="10",
+                ASSISTANT_REQUESTS_PER_MINUTE="1000000",
+                ASSISTANT_TOKENS_PER_DAY="1000000000",
+            )
+            from tests.support import reset_process_state, use_test_services
 
-        # Settings read again (the LLM ones above); many requests at once in one process:
-        # a pool, as the local server has.
-        use_test_services(database=PooledDatabase(database_url, 5, 30_000, POOL_SIZE))
-        clinic_id = seed_clinic()
-        bench_accept_versus_blocking(report, clinic_id)
-        bench_end_to_end_in_process(report, stack, clinic_id)
-        reset_process_state()
-        bench_end_to_end_local_runtime(report, postgres)
-    finally:
-        llm.stop()
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
-    table = write_results(report, postgres, time.perf_counter() - started)
-    print(table)
-
-
-def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
+            # Settings read again (the LLM ones above); many requests at once in one process:
+            # a pool, as the local server has.
+            use_test_services(database=PooledDatabase(database_url, 5, 30_000, POOL_SIZE))
+            clinic_id = seed_clinic()
+            bench_accept_versus_blocking(report, clinic_id)
+            bench_end_to_end_in_process(report, stack, clinic_id)
+            reset_process_state()
+            bench_end_to_end_local_runtime(report, postgres)
+        finally:
+            llm.stop()
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
+        **run_meta(postgres),
         "model_delay_s": MODEL_DELAY_SECONDS,
-        "elapsed_s": round(elapsed_s, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "assistant.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(row) for row in report.rows], "details": report.details},
-            indent=2,
-        )
-        + "\n"
-    )
     notes = [
         "The model is local/fake_llm.py over real HTTP on loopback, answering after 3 s.",
         "Concurrent: one thread per request in this one process (each with its own event",
@@ -493,12 +465,7 @@ def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
         "The local runtime (local.dev) uses the offline model: the template's LlmProvider",
         "parameter is `offline` and local.dev takes every setting from the template.",
     ]
-    (RESULTS / "assistant.md").write_text(
-        f"# Assistant benchmark\n\n{json.dumps(meta)}\n\n{table}\n\n"
-        + "\n".join(f"- {line}" for line in notes)
-        + "\n"
-    )
-    return table
+    print(write_results("assistant", "Assistant benchmark", report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

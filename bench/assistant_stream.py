@@ -20,27 +20,24 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import threading
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 TOKENS = 50
@@ -251,64 +248,40 @@ def main() -> None:
 
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    llm = FakeLlm().start()
-    llm.tokens, llm.token_seconds = TOKENS, TOKEN_SECONDS
-    stop = threading.Event()
-    try:
-        database_url = postgres.fresh_database("frontdesk_bench_stream")
-        stack = export_stack(moto, database_url)
-        os.environ.update(
-            LLM_PROVIDER="openai",
-            LLM_BASE_URL=llm.base_url,
-            LLM_API_KEY="sk-bench",
-            ASSISTANT_REQUESTS_PER_MINUTE="1000000",
-            ASSISTANT_TOKENS_PER_DAY="1000000000",
-        )
-        from frontdesk.services import get_services
-        from tests.support import reset_process_state
+    with postgres_and_moto() as (postgres, moto):
+        llm = FakeLlm().start()
+        llm.tokens, llm.token_seconds = TOKENS, TOKEN_SECONDS
+        stop = threading.Event()
+        try:
+            database_url = postgres.fresh_database("frontdesk_bench_stream")
+            stack = export_stack(moto, database_url)
+            os.environ.update(
+                LLM_PROVIDER="openai",
+                LLM_BASE_URL=llm.base_url,
+                LLM_API_KEY="sk-bench",
+                ASSISTANT_REQUESTS_PER_MINUTE="1000000",
+                ASSISTANT_TOKENS_PER_DAY="1000000000",
+            )
+            from frontdesk.services import get_services
+            from tests.support import reset_process_state
 
-        reset_process_state()
-        clinic_id = seed_clinic()
-        arrivals = Arrivals()
-        url = subscribe(get_services().settings.event_bus_name)
-        consumer = threading.Thread(target=consume, args=(url, arrivals, stop), daemon=True)
-        consumer.start()
-        for interval in INTERVALS_MS:
-            bench_interval(report, interval, stack, clinic_id, arrivals)
-    finally:
-        stop.set()
-        llm.stop()
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
-    table = write_results(report, postgres, time.perf_counter() - started)
-    print(table)
-
-
-def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
+            reset_process_state()
+            clinic_id = seed_clinic()
+            arrivals = Arrivals()
+            url = subscribe(get_services().settings.event_bus_name)
+            consumer = threading.Thread(target=consume, args=(url, arrivals, stop), daemon=True)
+            consumer.start()
+            for interval in INTERVALS_MS:
+                bench_interval(report, interval, stack, clinic_id, arrivals)
+        finally:
+            stop.set()
+            llm.stop()
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
+        **run_meta(postgres),
         "model": {"tokens": TOKENS, "token_interval_s": TOKEN_SECONDS},
         "questions": QUESTIONS,
-        "elapsed_s": round(elapsed_s, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "assistant_stream.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(row) for row in report.rows], "details": report.details},
-            indent=2,
-        )
-        + "\n"
-    )
     notes = [
         "The model is local/fake_llm.py over real HTTP on loopback: 50 tokens of SSE, one",
         "every 50 ms. Everything runs in this one process: ApiFunction's and LlmWorker's",
@@ -318,12 +291,8 @@ def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
         "Clocks start just before the POST and stop when the consumer's long poll returns",
         "the event; the worker is handed the llm queue's message right after the 202.",
     ]
-    (RESULTS / "assistant_stream.md").write_text(
-        f"# Streamed assistant replies\n\n{json.dumps(meta)}\n\n{table}\n\n"
-        + "\n".join(f"- {line}" for line in notes)
-        + "\n"
-    )
-    return table
+    title = "Streamed assistant replies"
+    print(write_results("assistant_stream", title, report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -14,8 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,57 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown_sections(sections: dict[str, list[str]]) -> list[str]:
+    """Each titled block of text as Markdown lines: a blank line, `## title`, the text fenced."""
+    return [
+        line
+        for title, lines in sections.items()
+        for line in ("", f"## {title}", "", "```", *lines, "```")
+    ]
+
+
+def run_meta(postgres: Postgres) -> dict[str, Any]:
+    """The head of a results file's meta: when, on which Python, machine and PostgreSQL."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "postgresql": {"source": postgres.source, "version": postgres.version},
+    }
+
+
+def write_results(
+    name: str,
+    title: str,
+    report: Report,
+    *,
+    meta: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    details: dict[str, Any] | None = None,
+    body: str | None = None,
+) -> str:
+    """Write RESULTS/<name>.json (`meta`, the rows, and `details`, the report's by default)
+    and RESULTS/<name>.md, and return the table. The Markdown is the title, then `meta` as one
+    line of JSON, the table and the notes, one line each; or, given `body`, the title and it."""
+    table = markdown_table(report.rows)
+    data = {
+        **(meta or {}),
+        "rows": [vars(row) for row in report.rows],
+        "details": report.details if details is None else details,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if body is None:
+        parts = [json.dumps(meta)] if meta else []
+        parts.append(table)
+        if notes:
+            parts.append("\n".join(notes))
+        body = "\n\n".join(parts) + "\n"
+    (RESULTS / f"{name}.md").write_text(f"# {title}\n\n{body}")
+    return table
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -166,6 +219,23 @@ def start_postgres() -> Postgres:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     return Postgres(url, source, row[0] if row else "unknown")
+
+
+@contextlib.contextmanager
+def postgres_and_moto() -> Iterator[tuple[Postgres, Moto]]:
+    """PostgreSQL and moto for a bench that runs the functions in its own process; on the way
+    out the process's state is reset (its connection closed), the bench's databases dropped
+    and moto stopped."""
+    postgres = start_postgres()
+    moto = start_moto()
+    try:
+        yield postgres, moto
+    finally:
+        from tests.support import reset_process_state
+
+        reset_process_state()
+        postgres.drop_created()
+        moto.server.stop()
 
 
 # ---------------------------------------------------------------- AWS (moto)
@@ -257,6 +327,31 @@ def seed_clinic() -> uuid.UUID:
 
 
 # ---------------------------------------------------------------- the local runtime
+
+
+def start_local_dev(postgres: Postgres, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start `python -m local.dev` (ports chosen by the OS) in a fresh state directory
+    .frontdesk/bench-<name>, on a fresh database frontdesk_bench_<name> it migrates itself,
+    with the developer's environment less AWS_* and DATABASE_*: (process, dev.json, log)."""
+    state_dir = REPO / ".frontdesk" / f"bench-{name}"
+    dev_json, log_path = state_dir / "dev.json", state_dir / "dev.log"
+    subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+    state_dir.mkdir(parents=True)
+    env = {k: v for k, v in PRISTINE_ENV.items() if not k.startswith(("AWS_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=postgres.fresh_database(f"frontdesk_bench_{name}", migrated=False),
+        PYTHONPATH=f"{REPO / 'layers' / 'frontdesk'}{os.pathsep}{REPO}",
+    )
+    command = [sys.executable, "-m", "local.dev", "--api-port", "0", "--ws-port", "0"]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*command, "--state-dir", str(state_dir)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return process, dev_json, log_path
 
 
 def wait_for_runtime(

@@ -15,9 +15,6 @@ Results: bench/results/inbox.json and bench/results/inbox.md. Nothing asserts a 
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import random
 import time
 import uuid
@@ -28,17 +25,16 @@ from typing import Any
 import psycopg
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 LEADS = 100_000
@@ -274,9 +270,7 @@ def _ms(summary: dict[str, float]) -> str:
 def main() -> None:
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    try:
+    with postgres_and_moto() as (postgres, moto):
         database_url = postgres.fresh_database("bench_inbox")
         export_stack(moto, database_url)
         from frontdesk.clinics import create_clinic
@@ -298,29 +292,12 @@ def main() -> None:
             log("search")
             search = bench_search(report, api, clinic_id, database_url)
         report.details.update(pages=pages, search=search, load_seconds=round(load_s, 1))
-    finally:
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
+        **run_meta(postgres),
         "leads": LEADS,
         "reads_per_measurement": READS,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "inbox.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(r) for r in report.rows], "details": report.details}, indent=2
-        )
-        + "\n"
-    )
     notes = [
         "Through ApiFunction's handler in process (Mangum + FastAPI + one query + decrypting",
         "the page's name, email and phone: 75 AES-GCM decryptions under cached data keys).",
@@ -329,12 +306,7 @@ def main() -> None:
         "Search computes the address's HMAC and probes leads_by_email / leads_by_phone; the",
         "baseline fetches and decrypts every email of the clinic to find the same address.",
     ]
-    (RESULTS / "inbox.md").write_text(
-        f"# Lead inbox benchmark\n\n{json.dumps(meta)}\n\n{markdown_table(report.rows)}\n\n"
-        + "\n".join(notes)
-        + "\n"
-    )
-    print(markdown_table(report.rows))
+    print(write_results("inbox", "Lead inbox benchmark", report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Results: bench/results/jobs.json and .md. Nothing here asserts a timing.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -24,16 +23,15 @@ from typing import Any
 import psycopg
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 JOBS = 2_000_000
@@ -188,17 +186,11 @@ def main() -> None:
         get_services().database.close()
         pg.drop_created()
         moto.server.stop()
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "jobs.json").write_text(
-        json.dumps({"rows": [r.__dict__ for r in report.rows], "details": details}, indent=2) + "\n"
-    )
-    (RESULTS / "jobs.md").write_text(
-        "# Job metrics benchmark\n\n" + table + "\n\n"
+    note = (
         f"{JOBS:,} jobs over {DAYS} days, generated in {details['generate_s']} s. "
-        f"PostgreSQL {details['postgres']}, Python {details['python']}.\n"
+        f"PostgreSQL {details['postgres']}, Python {details['python']}."
     )
-    print(table)
+    print(write_results("jobs", "Job metrics benchmark", report, notes=[note], details=details))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Results: bench/results/metrics.json and .md. Nothing here asserts a timing.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -28,16 +27,15 @@ from typing import Any
 import psycopg
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 CLINICS = 20
@@ -353,17 +351,11 @@ def main() -> None:
         get_services().database.close()
         pg.drop_created()
         moto.server.stop()
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "metrics.json").write_text(
-        json.dumps({"rows": [r.__dict__ for r in report.rows], "details": details}, indent=2) + "\n"
-    )
-    (RESULTS / "metrics.md").write_text(
-        "# Metrics benchmark\n\n" + table + "\n\n"
+    note = (
         f"Rows: {details['rows']}, generated in {details['generate_s']} s. "
-        f"PostgreSQL {details['postgres']}, Python {details['python']}.\n"
+        f"PostgreSQL {details['postgres']}, Python {details['python']}."
     )
-    print(table)
+    print(write_results("metrics", "Metrics benchmark", report, notes=[note], details=details))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -24,17 +22,15 @@ from typing import Any
 import httpx
 
 from bench.common import (
-    PRISTINE_ENV,
-    REPO,
-    RESULTS,
     Report,
     Row,
     latency_summary,
     log,
-    markdown_table,
+    start_local_dev,
     start_postgres,
     stop_runtime,
     wait_for_runtime,
+    write_results,
 )
 
 LEADS = 40
@@ -105,24 +101,7 @@ def post_leads(api: str, form_key: str, screens: list[Screen], count: int) -> di
 def main() -> None:
     report = Report()
     postgres = start_postgres()
-    state_dir = REPO / ".frontdesk" / "bench-push"
-    dev_json, log_path = state_dir / "dev.json", state_dir / "dev.log"
-    subprocess.run(["rm", "-rf", str(state_dir)], check=False)
-    state_dir.mkdir(parents=True)
-    env = {k: v for k, v in PRISTINE_ENV.items() if not k.startswith(("AWS_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=postgres.fresh_database("frontdesk_bench_push", migrated=False),
-        PYTHONPATH=f"{REPO / 'layers' / 'frontdesk'}{os.pathsep}{REPO}",
-    )
-    command = [sys.executable, "-m", "local.dev", "--api-port", "0", "--ws-port", "0"]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*command, "--state-dir", str(state_dir)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process, dev_json, log_path = start_local_dev(postgres, "push")
     results: dict[str, Any] = {}
     try:
         info = wait_for_runtime(process, dev_json, log_path)
@@ -171,13 +150,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average": os.getloadavg(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "push.json").write_text(json.dumps(report.details, indent=2) + "\n")
-    lines = [
-        "# Live screens: a lead on the screen",
-        "",
-        markdown_table(report.rows),
-        "",
+    notes = [
         "Measured through `python -m local.dev`: the answer of POST /public/leads (the commit",
         "is before it), then the after-response relay (EventBridge on moto), the rule's SQS",
         "target, the local event source's poll (up to 1 s long polling, as Lambda's), PushWorker",
@@ -185,10 +158,8 @@ def main() -> None:
         "network call of its own; the shape (a few hops, posts in parallel) is the same.",
         f"{LEADS} leads one after another; load average {os.getloadavg()[0]:.2f},"
         f" {os.cpu_count()} CPUs.",
-        "",
     ]
-    (RESULTS / "push.md").write_text("\n".join(lines))
-    print(markdown_table(report.rows))
+    print(write_results("push", "Live screens: a lead on the screen", report, notes=notes))
 
 
 if __name__ == "__main__":

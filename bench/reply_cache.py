@@ -19,26 +19,22 @@ Results: bench/results/reply_cache.json and bench/results/reply_cache.md.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 MODEL_DELAY_SECONDS = 1.0
@@ -187,55 +183,32 @@ def main() -> None:
 
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    llm = FakeLlm(delay_seconds=MODEL_DELAY_SECONDS).start()
-    try:
-        database_url = postgres.fresh_database("frontdesk_bench_reply_cache")
-        stack = export_stack(moto, database_url)
-        os.environ.update(
-            LLM_PROVIDER="openai",
-            LLM_BASE_URL=llm.base_url,
-            LLM_API_KEY="sk-bench",
-            LLM_TIMEOUT_SECONDS="10",
-            ASSISTANT_REQUESTS_PER_MINUTE="1000000",
-            ASSISTANT_TOKENS_PER_DAY="1000000000",
-        )
-        from tests.support import reset_process_state
+    with postgres_and_moto() as (postgres, moto):
+        llm = FakeLlm(delay_seconds=MODEL_DELAY_SECONDS).start()
+        try:
+            database_url = postgres.fresh_database("frontdesk_bench_reply_cache")
+            stack = export_stack(moto, database_url)
+            os.environ.update(
+                LLM_PROVIDER="openai",
+                LLM_BASE_URL=llm.base_url,
+                LLM_API_KEY="sk-bench",
+                LLM_TIMEOUT_SECONDS="10",
+                ASSISTANT_REQUESTS_PER_MINUTE="1000000",
+                ASSISTANT_TOKENS_PER_DAY="1000000000",
+            )
+            from tests.support import reset_process_state
 
-        reset_process_state()
-        clinic_id = seed_clinic()
-        bench(report, stack, clinic_id, llm)
-    finally:
-        llm.stop()
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
-    print(write_results(report, postgres, time.perf_counter() - started))
-
-
-def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
+            reset_process_state()
+            clinic_id = seed_clinic()
+            bench(report, stack, clinic_id, llm)
+        finally:
+            llm.stop()
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **run_meta(postgres),
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
         "model_delay_s": MODEL_DELAY_SECONDS,
-        "elapsed_s": round(elapsed_s, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reply_cache.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(row) for row in report.rows], "details": report.details},
-            indent=2,
-        )
-        + "\n"
-    )
     notes = [
         "Both paths run through the functions' real handlers in this one process, one",
         "request at a time (a Lambda container's view), PostgreSQL and moto on loopback.",
@@ -246,12 +219,7 @@ def write_results(report: Report, postgres: Any, elapsed_s: float) -> str:
         "(question, reply, job, outbox event) and the reply read back for the body; the",
         "relay of its event runs after the response (untimed), as in Lambda.",
     ]
-    (RESULTS / "reply_cache.md").write_text(
-        f"# Reply cache benchmark\n\n{json.dumps(meta)}\n\n{table}\n\n"
-        + "\n".join(f"- {line}" for line in notes)
-        + "\n"
-    )
-    return table
+    print(write_results("reply_cache", "Reply cache benchmark", report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

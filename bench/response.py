@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -49,7 +48,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +62,15 @@ from bench.common import (
     Report,
     Row,
     log,
+    markdown_sections,
     markdown_table,
     percentile,
+    run_meta,
     seed_clinic,
     start_moto,
     start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 NAME = "response"
@@ -1146,28 +1147,17 @@ def bench_notify(report: Report, moto: Moto, database_url: str, clinic_id: uuid.
 # ---------------------------------------------------------------- main
 
 
-def write_results(report: Report, postgres: Postgres, elapsed_s: float, loads: list[Any]) -> str:
+def write_response_results(
+    report: Report, postgres: Postgres, elapsed_s: float, loads: list[Any]
+) -> str:
     import moto
 
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
+        **run_meta(postgres),
         "moto": moto.__version__,
         "elapsed_s": round(elapsed_s, 1),
         "load_average_1_5_15_at_start_and_end": loads,
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(row) for row in report.rows], "details": report.details},
-            indent=2,
-        )
-        + "\n"
-    )
     notes = {
         "How to read it": [
             "ApiFunction runs from .aws-sam/build under awslambdaric (local.lambda_runtime),",
@@ -1183,16 +1173,9 @@ def write_results(report: Report, postgres: Postgres, elapsed_s: float, loads: l
             "Mailer.send_templated, the transactions the time inside database.connection().",
         ]
     }
-    sections = [
-        line
-        for title, lines in {**report.sections, **notes}.items()
-        for line in ("", f"## {title}", "", "```", *lines, "```")
-    ]
     start, end = loads
-    markdown = "\n".join(
+    body = "\n".join(
         [
-            "# Response path, cold start and NotifyWorker batches",
-            "",
             f"`python -m bench.response` on {meta['date']}: Python {meta['python']}, "
             f"{meta['cpu_count']} CPUs, PostgreSQL {postgres.version} ({postgres.source}), "
             f"moto {meta['moto']} in process; {meta['elapsed_s']} s in all; load average "
@@ -1200,13 +1183,13 @@ def write_results(report: Report, postgres: Postgres, elapsed_s: float, loads: l
             "on the same machine). Baselines are measured in the same run, interleaved.",
             f"Details (every sample): {NAME}.json.",
             "",
-            table,
-            *sections,
+            markdown_table(report.rows),
+            *markdown_sections({**report.sections, **notes}),
             "",
         ]
     )
-    (RESULTS / f"{NAME}.md").write_text(markdown)
-    return table
+    title = "Response path, cold start and NotifyWorker batches"
+    return write_results(NAME, title, report, meta=meta, body=body)
 
 
 def main() -> None:
@@ -1237,7 +1220,7 @@ def main() -> None:
         reset_process_state()  # closes this process's connection before the DROP
     loads.append(load())
     elapsed = time.perf_counter() - started
-    table = write_results(report, postgres, elapsed, loads)
+    table = write_response_results(report, postgres, elapsed, loads)
     print()
     print(table)
     print(f"\n{elapsed:.1f} s; results in {RESULTS.relative_to(REPO)}/{NAME}.{{json,md}}")

@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,16 @@ from bench.common import (
     export_stack,
     latency_summary,
     log,
+    markdown_sections,
     markdown_table,
+    run_meta,
     seed_clinic,
     start_moto,
     start_postgres,
     stdout_to_devnull,
     stop_runtime,
     wait_for_runtime,
+    write_results,
 )
 
 POST_REQUESTS = 1_000
@@ -765,29 +767,16 @@ def post_and_wait_for_emails(
 # ---------------------------------------------------------------- main
 
 
-def write_results(report: Report, postgres: Postgres, elapsed_s: float) -> str:
+def write_foundation_results(report: Report, postgres: Postgres, elapsed_s: float) -> str:
     import moto
 
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
+        **run_meta(postgres),
         "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
         "moto": moto.__version__,
         "elapsed_s": round(elapsed_s, 1),
         "load_average_1m_at_start_and_end": [LOAD_AT_START, round(os.getloadavg()[0], 2)],
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "foundation.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(row) for row in report.rows], "details": report.details},
-            indent=2,
-        )
-        + "\n"
-    )
     notes = {
         "How to read it": [
             "AWS is moto in the bench's own process (the runtime of 4. has its own): every",
@@ -801,15 +790,8 @@ def write_results(report: Report, postgres: Postgres, elapsed_s: float) -> str:
             "data key, reads the blind-index secret and opens the database connection.",
         ]
     }
-    sections = [
-        line
-        for title, lines in {**report.sections, **notes}.items()
-        for line in ("", f"## {title}", "", "```", *lines, "```")
-    ]
-    markdown = "\n".join(
+    body = "\n".join(
         [
-            "# Foundation slice benchmarks",
-            "",
             f"`python -m bench.run` on {meta['date']}: Python {meta['python']}, "
             f"{meta['cpu_count']} CPUs, PostgreSQL {postgres.version} ({postgres.source}), "
             f"moto {meta['moto']} in process; {meta['elapsed_s']} s in all; 1-minute load "
@@ -817,13 +799,12 @@ def write_results(report: Report, postgres: Postgres, elapsed_s: float) -> str:
             f"{meta['load_average_1m_at_start_and_end'][1]} at the end.",
             "Baselines and ratios are measured in the same run. Details: foundation.json.",
             "",
-            table,
-            *sections,
+            markdown_table(report.rows),
+            *markdown_sections({**report.sections, **notes}),
             "",
         ]
     )
-    (RESULTS / "foundation.md").write_text(markdown)
-    return table
+    return write_results("foundation", "Foundation slice benchmarks", report, meta=meta, body=body)
 
 
 def main() -> None:
@@ -852,7 +833,7 @@ def main() -> None:
 
         reset_process_state()  # closes the bench's own connection before the DROP
     elapsed = time.perf_counter() - started
-    table = write_results(report, postgres, elapsed)
+    table = write_foundation_results(report, postgres, elapsed)
     print()
     print(table)
     print(f"\n{elapsed:.1f} s; results in {RESULTS.relative_to(REPO)}/foundation.{{json,md}}")

@@ -18,30 +18,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     latency_summary,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 WEBHOOKS = 1_000
@@ -269,9 +266,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    try:
+    with postgres_and_moto() as (postgres, moto):
         database_url = postgres.fresh_database("bench_sync")
         export_stack(moto, database_url)
         from tests.support import load_handler, reset_process_state
@@ -283,28 +278,7 @@ def main() -> None:
         bench_webhooks(report, api, clinic_id)
         log("import of 100,000 leads")
         bench_import(report, api, clinic_id, database_url)
-    finally:
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
-    meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
-        "elapsed_s": round(time.perf_counter() - started, 1),
-    }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sync.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(r) for r in report.rows], "details": report.details}, indent=2
-        )
-        + "\n"
-    )
+    meta = {**run_meta(postgres), "elapsed_s": round(time.perf_counter() - started, 1)}
     notes = [
         "Webhook intake: signature check (HMAC-SHA256, constant-time compare), the account's",
         "webhook secret decrypted with a cached data key, one transaction (delivery row as",
@@ -322,12 +296,7 @@ def main() -> None:
         "Peak memory: VmHWM of the worker's own process (a child of the bench), reset to its",
         "RSS right before the import (/proc/self/clear_refs), so the peak is the import's.",
     ]
-    (RESULTS / "sync.md").write_text(
-        f"# Provider sync benchmark\n\n{json.dumps(meta)}\n\n{table}\n\n"
-        + "\n".join(f"- {line}" for line in notes)
-        + "\n"
-    )
-    print(table)
+    print(write_results("sync", "Provider sync benchmark", report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,20 +27,18 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import (
-    RESULTS,
     Report,
     Row,
     export_stack,
     log,
-    markdown_table,
+    postgres_and_moto,
+    run_meta,
     seed_clinic,
-    start_moto,
-    start_postgres,
     stdout_to_devnull,
+    write_results,
 )
 
 ITEMS = 64
@@ -245,9 +242,7 @@ def bench(report: Report, clinic_id: uuid.UUID) -> None:
 def main() -> None:
     started = time.perf_counter()
     report = Report()
-    postgres = start_postgres()
-    moto = start_moto()
-    try:
+    with postgres_and_moto() as (postgres, moto):
         database_url = postgres.fresh_database("bench_sync_fetch")
         export_stack(moto, database_url)
         os.environ.update(
@@ -259,30 +254,12 @@ def main() -> None:
         reset_process_state()
         clinic_id = seed_clinic()
         bench(report, clinic_id)
-    finally:
-        from tests.support import reset_process_state
-
-        reset_process_state()
-        postgres.drop_created()
-        moto.server.stop()
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **run_meta(postgres),
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "postgresql": {"source": postgres.source, "version": postgres.version},
         "provider_delay_s": PROVIDER_DELAY_SECONDS,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    table = markdown_table(report.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sync_fetch.json").write_text(
-        json.dumps(
-            {**meta, "rows": [vars(r) for r in report.rows], "details": report.details}, indent=2
-        )
-        + "\n"
-    )
     notes = [
         "SyncWorker's real handler in this process; the fake provider is a threaded HTTP",
         "server in another process on loopback that sleeps 100 ms in every lead's answer.",
@@ -296,12 +273,7 @@ def main() -> None:
         "job has run and is not timed: moto takes a few hundred ms per PutEvents here, the",
         "same for both modes, where EventBridge takes tens of milliseconds.",
     ]
-    (RESULTS / "sync_fetch.md").write_text(
-        f"# Provider fetch benchmark\n\n{json.dumps(meta)}\n\n{table}\n\n"
-        + "\n".join(f"- {line}" for line in notes)
-        + "\n"
-    )
-    print(table)
+    print(write_results("sync_fetch", "Provider fetch benchmark", report, meta=meta, notes=notes))
 
 
 if __name__ == "__main__":

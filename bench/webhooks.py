@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,17 +26,15 @@ from typing import Any
 import httpx
 
 from bench.common import (
-    PRISTINE_ENV,
-    REPO,
-    RESULTS,
     Report,
     Row,
     latency_summary,
     log,
-    markdown_table,
+    start_local_dev,
     start_postgres,
     stop_runtime,
     wait_for_runtime,
+    write_results,
 )
 
 LEADS = 40
@@ -172,24 +168,7 @@ def bare_posts(receiver: Receiver, count: int) -> dict[str, Any]:
 def main() -> None:
     report = Report()
     postgres = start_postgres()
-    state_dir = REPO / ".frontdesk" / "bench-webhooks"
-    dev_json, log_path = state_dir / "dev.json", state_dir / "dev.log"
-    subprocess.run(["rm", "-rf", str(state_dir)], check=False)
-    state_dir.mkdir(parents=True)
-    env = {k: v for k, v in PRISTINE_ENV.items() if not k.startswith(("AWS_", "DATABASE_"))}
-    env.update(
-        DATABASE_URL=postgres.fresh_database("frontdesk_bench_webhooks", migrated=False),
-        PYTHONPATH=f"{REPO / 'layers' / 'frontdesk'}{os.pathsep}{REPO}",
-    )
-    command = [sys.executable, "-m", "local.dev", "--api-port", "0", "--ws-port", "0"]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*command, "--state-dir", str(state_dir)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process, dev_json, log_path = start_local_dev(postgres, "webhooks")
     receiver = Receiver()
     results: dict[str, Any] = {}
     try:
@@ -251,13 +230,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average": os.getloadavg(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "webhooks.json").write_text(json.dumps(report.details, indent=2) + "\n")
-    lines = [
-        "# Outbound webhooks: an event at a clinic's receiver",
-        "",
-        markdown_table(report.rows),
-        "",
+    notes = [
         "Measured through `python -m local.dev`: the answer of POST /public/leads (the commit",
         "is before it), the after-response relay (EventBridge on moto), the rule's SQS target,",
         "WebhookWorker's fan-out (a delivery row and message per endpoint), the relay of those",
@@ -265,10 +238,9 @@ def main() -> None:
         "polling, as Lambda's) and the signed POST to a receiver on loopback. Two queue hops per",
         "delivery; the posts of a batch go out in parallel.",
         f"Load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs.",
-        "",
     ]
-    (RESULTS / "webhooks.md").write_text("\n".join(lines))
-    print(markdown_table(report.rows))
+    title = "Outbound webhooks: an event at a clinic's receiver"
+    print(write_results("webhooks", title, report, notes=notes))
 
 
 if __name__ == "__main__":
