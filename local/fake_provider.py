@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from frontdesk.sync.webhooks import SIGNATURE_HEADER, sign
+from frontdesk.platform.signature import SIGNATURE_HEADER, sign
 
 DEFAULT_API_KEY = "fake-provider-api-key"
 

@@ -147,7 +147,7 @@ signature_headers = (
 @FUZZ
 @given(header=signature_headers)
 def test_the_webhook_signature_parser_accepts_or_rejects_with_a_reason(header: str | None) -> None:
-    from frontdesk.sync.webhooks import parse_signature
+    from frontdesk.platform.signature import parse_signature
 
     # Given any header / When parsed
     try:

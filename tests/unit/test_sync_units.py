@@ -7,8 +7,9 @@ import pytest
 from frontdesk.errors import InvalidInput, Unauthorized
 from frontdesk.leads.external import check_external
 from frontdesk.leads.imports import check_header, parse_window
+from frontdesk.platform.signature import check_timestamp, parse_signature, sign, verify
 from frontdesk.sync.egress import Egress
-from frontdesk.sync.webhooks import check_timestamp, parse_delivery, parse_signature, sign, verify
+from frontdesk.sync.webhooks import parse_delivery
 
 SECRET = b"whsec_unit_test_secret"
 BODY = b'{"id":"chg_1","type":"lead.created","resource":"lead","resourceId":"L-1"}'

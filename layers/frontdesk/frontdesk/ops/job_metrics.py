@@ -124,5 +124,5 @@ def _rate(part: Any, whole: Any) -> float | None:
     return None if not whole else round(int(part) / int(whole), 4)
 
 
-def _rounded(value: Any, digits: int = 1) -> float | None:
-    return None if value is None else round(float(value), digits)
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)

@@ -114,7 +114,7 @@ class ProviderCaller:
 
     def call(self, operation: Callable[[], T], *, attempts_made: int = 0) -> T:
         """One call with the rate limit, retries and breaker (`attempts_made`: attempts
-        already spent on it by `call_many`)."""
+        already spent on it by `start_many`)."""
         policy = self._policy
         attempt = attempts_made
         while True:
@@ -146,13 +146,6 @@ class ProviderCaller:
             with transaction(self._db) as cur:
                 breaker.record_success(cur, _breaker_name(self._account_id))
             return answer
-
-    def call_many(
-        self, operations: Sequence[Callable[[], T]], pool: Executor | None
-    ) -> list[T | ProviderNotFound | ProviderRejected]:
-        """Every operation's answer, in order, or the ProviderNotFound / ProviderRejected it
-        raised (`start_many`, then its answers)."""
-        return self.start_many(operations, pool)()
 
     def start_many(
         self, operations: Sequence[Callable[[], T]], pool: Executor | None

@@ -19,20 +19,14 @@ from frontdesk.platform.crypto import EnvelopeCipher
 from frontdesk.platform.db import Database, transaction
 from frontdesk.platform.queues import JobKind
 from frontdesk.platform.signature import (
-    SIGNATURE_HEADER,
-    Signature,
     check_timestamp,
     parse_signature,
-    sign,
     verify,
 )
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync import accounts as provider_accounts
 from frontdesk.sync.providers import RESOURCES
 from frontdesk.values import ApiModel
-
-# The signature's names stay importable from here (the fake provider and tests sign with them).
-__all__ = ["SIGNATURE_HEADER", "Signature", "check_timestamp", "parse_signature", "sign", "verify"]
 
 
 @dataclass(frozen=True)

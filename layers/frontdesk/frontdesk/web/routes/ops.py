@@ -70,6 +70,7 @@ def replay_dead_letters(
     operator: Operator, body: ReplayRequest, web: Write
 ) -> Envelope[ReplayOutcome]:
     services = web.services
+    dlqs = _dlqs(web, body.queue)  # an unknown queue is refused before the key is taken
     result = web.run_outside_database(
         ReplayOutcome,
         "replayDeadLetters",
@@ -78,7 +79,7 @@ def replay_dead_letters(
         lambda: dead_letters.replay(
             lambda: services.unit_of_work(request_id=web.request_id),
             services.aws.client("sqs"),
-            _dlqs(web, body.queue),
+            dlqs,
             body.messageIds,
         ),
     )
