@@ -34,7 +34,14 @@ from frontdesk.entry import lambda_handler
 from frontdesk.observability import logger, metrics
 from frontdesk.platform.queues import JobMessage, Queue
 from frontdesk.services import Services, get_services
-from frontdesk.workers.records import Item, QueueWorker, RecordContext, Retry, one_by_one
+from frontdesk.workers.records import (
+    Item,
+    QueueWorker,
+    RecordContext,
+    Retry,
+    one_by_one,
+    reappear_after,
+)
 
 NEEDS = ("database", "llm_queue_url", "kms_key_id")
 
@@ -67,11 +74,7 @@ def call_timeout(settings: Settings, remaining_ms: int | None) -> float:
 
 
 def _retry_later(services: Services, record: SQSRecord, seconds: int) -> None:
-    services.aws.client("sqs").change_message_visibility(
-        QueueUrl=services.settings.llm_queue_url,
-        ReceiptHandle=record.receipt_handle,
-        VisibilityTimeout=seconds,
-    )
+    reappear_after(services.aws.client("sqs"), services.settings.llm_queue_url, record, seconds)
 
 
 def _send_again_later(services: Services, context: RecordContext, seconds: float) -> int:

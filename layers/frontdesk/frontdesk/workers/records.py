@@ -85,6 +85,14 @@ def one_by_one(handle: Callable[[Item[Any], Any], str]) -> BatchHandler:
     return handle_batch
 
 
+def reappear_after(sqs: Any, queue_url: str, record: SQSRecord, seconds: int) -> None:
+    """Make the record's message visible again in `seconds` (ChangeMessageVisibility): when
+    the record fails, SQS hands it back then, not after the queue's visibility timeout."""
+    sqs.change_message_visibility(
+        QueueUrl=queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=seconds
+    )
+
+
 class Retry(Exception):
     """An expected, transient failure: the record fails and SQS redelivers it."""
 

@@ -29,18 +29,15 @@ from frontdesk.platform.queues import BusEvent, Queue, WebhookDeliveryMessage
 from frontdesk.services import Services, get_services
 from frontdesk.sync.egress import Egress
 from frontdesk.webhooks import delivery
-from frontdesk.workers.records import Item, QueueWorker, RecordOutcome, Retry
+from frontdesk.workers.records import Item, QueueWorker, RecordOutcome, Retry, reappear_after
 
 # Secrets are decrypted with the PII key; fan-outs queue deliveries on this same queue.
 NEEDS = ("database", "kms_key_id", "webhooks_queue_url")
 
 
 def _later(services: Services, item: Item[Any], seconds: int) -> None:
-    services.aws.client("sqs").change_message_visibility(
-        QueueUrl=services.settings.webhooks_queue_url,
-        ReceiptHandle=item.context.record.receipt_handle,
-        VisibilityTimeout=seconds,
-    )
+    sqs, url = services.aws.client("sqs"), services.settings.webhooks_queue_url
+    reappear_after(sqs, url, item.context.record, seconds)
 
 
 def handle(items: Sequence[Item[Any]], lambda_context: Any) -> dict[str, RecordOutcome]:
