@@ -113,16 +113,10 @@ class EndpointOut(ApiModel):
     updated_at: Timestamp
 
 
-class EndpointRegistered(ApiModel):
-    """What the registration's or a rotation's unit of work answers (and an Idempotency-Key
-    replay repeats): the endpoint, not its secret (that stays encrypted, on the row only)."""
-
-    endpoint: EndpointOut
-
-
 class EndpointCreated(EndpointOut):
     """The registration's (or a rotation's) answer: the endpoint and, this once, its
-    signing secret."""
+    signing secret (a retry with the same Idempotency-Key answers it again, stored
+    encrypted: `Write.run(..., secret_result=True)`)."""
 
     secret: str = Field(description="the signing secret, shown only in this answer")
 
@@ -146,7 +140,7 @@ def register(
     *,
     clinic_id: UUID,
     endpoint: EndpointIn,
-) -> EndpointRegistered:
+) -> EndpointCreated:
     """Save the endpoint with a new secret, encrypted. InvalidInput for a URL the SSRF rule
     refuses (nothing is written)."""
     egress.check_url(endpoint.url, "url")
@@ -172,7 +166,7 @@ def register(
     )
     row = uow.cur.fetchone()
     assert row is not None
-    return EndpointRegistered(endpoint=EndpointOut.model_validate(row))
+    return EndpointCreated(**EndpointOut.model_validate(row).model_dump(), secret=secret)
 
 
 def _new_secret() -> str:
@@ -186,7 +180,7 @@ def rotate_secret(
     clinic_id: UUID,
     endpoint_id: UUID,
     rotation: SecretRotation,
-) -> EndpointRegistered:
+) -> EndpointCreated:
     """Give the endpoint a new secret; the current one moves, still encrypted under its own
     data key, to the previous secret's place for the hours asked (none: it is dropped)."""
     secret = _new_secret()
@@ -211,7 +205,7 @@ def rotate_secret(
             "kms_key_id": key.kms_key_id,
         },
     )
-    return EndpointRegistered(endpoint=_one(uow.cur, clinic_id, endpoint_id))
+    return EndpointCreated(**_one(uow.cur, clinic_id, endpoint_id).model_dump(), secret=secret)
 
 
 def forget_expired_secrets(db: Database, *, limit: int) -> int:
@@ -244,22 +238,6 @@ def decrypt_previous_secret(cipher: EnvelopeCipher, row: dict[str, Any]) -> str:
         cipher,
         {"id": row["id"], "secret_enc": row["previous_secret_enc"], "dek": row["previous_dek"]},
     )
-
-
-def reveal_secret(
-    db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, endpoint_id: UUID
-) -> str:
-    """The secret, for the registration's answer only (its first and its replays)."""
-    with transaction(db) as cur:
-        cur.execute(
-            """SELECT id, secret_enc, dek FROM webhook_endpoints
-               WHERE id = %(id)s AND clinic_id = %(clinic)s""",
-            {"id": endpoint_id, "clinic": clinic_id},
-        )
-        row = cur.fetchone()
-    if row is None:
-        raise NotFound(f"webhook endpoint {endpoint_id} not found")
-    return decrypt_secret(cipher, dict(row))
 
 
 def list_endpoints(db: Database, *, clinic_id: UUID) -> list[EndpointOut]:

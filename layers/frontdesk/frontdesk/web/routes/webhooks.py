@@ -21,7 +21,6 @@ from frontdesk.webhooks.endpoints import (
     EndpointDeleted,
     EndpointIn,
     EndpointOut,
-    EndpointRegistered,
     EndpointUpdate,
     SecretRotation,
 )
@@ -38,8 +37,8 @@ def create_webhook_endpoint(
     admin: Admin, endpoint: EndpointIn, web: Write
 ) -> Envelope[EndpointCreated]:
     services = web.services
-    registered = web.run(
-        EndpointRegistered,
+    created = web.run(
+        EndpointCreated,
         "createWebhookEndpoint",
         endpoint.model_dump(),
         admin.clinic_id,
@@ -50,22 +49,9 @@ def create_webhook_endpoint(
             clinic_id=admin.clinic_id,
             endpoint=endpoint,
         ),
+        secret_result=True,  # the secret is shown once, and again to a retry: stored encrypted
     )
-    return _with_secret(web, admin.clinic_id, registered.endpoint, "createWebhookEndpoint")
-
-
-def _with_secret(
-    web: Write, clinic_id: UUID, saved: EndpointOut, operation: str
-) -> Envelope[EndpointCreated]:
-    """The endpoint and its secret. The secret is never stored in the clear (not with the
-    Idempotency-Key's answer either): it is decrypted from the row for this answer, and for
-    a retry with the same key."""
-    services = web.services
-    secret = endpoints.reveal_secret(
-        services.database, services.cipher, clinic_id=clinic_id, endpoint_id=saved.id
-    )
-    answer = EndpointCreated(**saved.model_dump(), secret=secret)
-    return web.ok(answer, operation, "webhookEndpoint", [saved.id])
+    return web.ok(created, "createWebhookEndpoint", "webhookEndpoint", [created.id])
 
 
 @router.post(
@@ -78,7 +64,7 @@ def rotate_webhook_secret(
 ) -> Envelope[EndpointCreated]:
     services = web.services
     rotated = web.run(
-        EndpointRegistered,
+        EndpointCreated,
         "rotateWebhookSecret",
         {"id": str(endpoint_id), **rotation.model_dump()},
         admin.clinic_id,
@@ -89,8 +75,9 @@ def rotate_webhook_secret(
             endpoint_id=endpoint_id,
             rotation=rotation,
         ),
+        secret_result=True,
     )
-    return _with_secret(web, admin.clinic_id, rotated.endpoint, "rotateWebhookSecret")
+    return web.ok(rotated, "rotateWebhookSecret", "webhookEndpoint", [endpoint_id])
 
 
 @router.get("/webhooks/endpoints", summary="The clinic's endpoints, without secrets (admin)")
