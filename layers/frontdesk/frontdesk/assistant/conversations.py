@@ -80,8 +80,8 @@ class Budget:
 class ReplyAccepted(ApiModel):
     """A question accepted: the reply to poll (`id`) and the job that writes it; or, when it
     was answered from the reply cache, the reply already `done`, `cached`, with its
-    `content` (the route reads it back after the commit: a stored Idempotency-Key response
-    never holds the text)."""
+    `content` (the route adds it after the commit: the text the lookup found, or read back
+    for an Idempotency-Key retry, as a stored response never holds the text)."""
 
     id: UUID
     conversation_id: UUID

@@ -96,15 +96,25 @@ def _look_up(
     return found
 
 
-def _accepted(web: WriteContext, staff: Staff, accepted: ReplyAccepted) -> Envelope[ReplyAccepted]:
+def _accepted(
+    web: WriteContext, staff: Staff, accepted: ReplyAccepted, cached: CachedAnswer | None
+) -> Envelope[ReplyAccepted]:
     headers = {"Location": f"/assistant/messages/{accepted.id}"}
     if accepted.status == "done":
-        # Answered from the cache: the text is read back (not kept in the stored response).
-        services = web.services
-        message = conversations.get_message(
-            services.database, services.cipher, clinic_id=staff.clinic_id, message_id=accepted.id
-        )
-        accepted = accepted.model_copy(update={"content": message.content})
+        # Answered from the cache: with the text this request found; a retry with the same
+        # Idempotency-Key reads it back (the stored response does not keep it).
+        content: str | None
+        if cached is not None and "Idempotent-Replayed" not in web.response.headers:
+            content = cached.text
+        else:
+            services = web.services
+            content = conversations.get_message(
+                services.database,
+                services.cipher,
+                clinic_id=staff.clinic_id,
+                message_id=accepted.id,
+            ).content
+        accepted = accepted.model_copy(update={"content": content})
         web.response.status_code = 201
     else:
         headers["Retry-After"] = str(POLL_AFTER_SECONDS)
@@ -140,7 +150,7 @@ def start_conversation(
             cached=cached,
         ),
     )
-    return _accepted(web, staff, accepted)
+    return _accepted(web, staff, accepted, cached)
 
 
 @router.post(
@@ -174,7 +184,7 @@ def ask(
             cached=cached,
         ),
     )
-    return _accepted(web, staff, accepted)
+    return _accepted(web, staff, accepted, cached)
 
 
 @router.get(
