@@ -59,3 +59,8 @@ def test_a_bypass_is_asked_by_the_body_or_cache_control(
 ) -> None:
     use = CacheUse.of(b"m" * 32, body_cache=body_cache, cache_control=cache_control)
     assert (use.look_up, use.store) == (look_up, store)
+
+
+def test_with_the_cache_off_a_question_is_neither_looked_up_nor_stored() -> None:
+    use = CacheUse.of(b"m" * 32, body_cache=True, cache_control=None, enabled=False)
+    assert (use.look_up, use.store) == (False, False)

@@ -64,9 +64,18 @@ class CacheUse:
     store: bool = True
 
     @classmethod
-    def of(cls, question_mac: bytes, *, body_cache: bool, cache_control: str | None) -> CacheUse:
+    def of(
+        cls,
+        question_mac: bytes,
+        *,
+        body_cache: bool,
+        cache_control: str | None,
+        enabled: bool = True,
+    ) -> CacheUse:
+        """From the request's `cache` field and Cache-Control header; nothing of it when the
+        cache is off (a TTL of 0)."""
         directives = {d.strip().lower() for d in (cache_control or "").split(",")}
-        no_store = "no-store" in directives
+        no_store = not enabled or "no-store" in directives
         look_up = body_cache and not no_store and "no-cache" not in directives
         return cls(question_mac, look_up=look_up, store=not no_store)
 

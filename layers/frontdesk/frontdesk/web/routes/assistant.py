@@ -63,8 +63,10 @@ def budget(settings: Settings) -> Budget:
 def _cache_use(
     web: WriteContext, clinic_id: UUID, content: str, body_cache: bool, cache_control: str | None
 ) -> CacheUse:
-    mac = web.services.blind_index.reply_question(clinic_id, content)
-    return CacheUse.of(mac, body_cache=body_cache, cache_control=cache_control)
+    services = web.services
+    mac = services.blind_index.reply_question(clinic_id, content)
+    enabled = services.settings.assistant_reply_cache_ttl_seconds > 0
+    return CacheUse.of(mac, body_cache=body_cache, cache_control=cache_control, enabled=enabled)
 
 
 def _look_up(
