@@ -280,3 +280,34 @@ def test_unassigning_is_an_event_too(app: App, api: Any) -> None:
     status, _, answer = call(api, "PATCH", f"/leads/{lead}", app.clinic_id, {"status": "new"})
     assert status == 200 and answer["data"]["events"] == []
     assert datetime.fromisoformat(answer["data"]["updatedAt"]).tzinfo is not None
+
+
+def test_staff_notes_wait_on_kms_before_the_lead_is_locked_never_inside(
+    app: App, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frontdesk.services import get_services
+
+    # Given a lead whose data key this container no longer holds
+    lead = add_lead(api, app.clinic_id, 1)
+    cipher = get_services().cipher
+    cipher.forget_keys()
+    open_transactions: list[int] = []
+    keys = cipher._keys
+    decrypt = keys.decrypt_data_key
+
+    def watched(encrypted: bytes) -> bytes:
+        with psycopg.connect(app.database_url) as conn:
+            found = conn.execute(
+                """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND application_name = 'frontdesk' AND xact_start IS NOT NULL"""
+            ).fetchone()
+        assert found is not None
+        open_transactions.append(found[0])
+        return decrypt(encrypted)
+
+    monkeypatch.setattr(keys, "decrypt_data_key", watched)
+    # When staff write notes on it
+    status, _, answer = call(api, "PATCH", f"/leads/{lead}", app.clinic_id, {"staffNotes": "x"})
+    # Then its key was fetched from KMS while no transaction of ours was open
+    assert status == 200, answer
+    assert open_transactions == [0]

@@ -258,6 +258,18 @@ def _summary(
 # ---------------------------------------------------------------- the lifecycle
 
 
+def load_lead_key(db: Database, cipher: EnvelopeCipher, *, clinic_id: UUID, lead_id: UUID) -> None:
+    """Before a change of staff notes: the lead's data key decrypted (and cached), so the
+    change's transaction, which holds the lead's row lock, encrypts without calling KMS."""
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT dek FROM leads WHERE id = %(id)s AND clinic_id = %(clinic_id)s",
+            {"id": lead_id, "clinic_id": clinic_id},
+        ).fetchone()
+    if row is not None:  # none: change_lead answers the 404
+        cipher.load_key(bytes(row["dek"]))
+
+
 def change_lead(
     uow: UnitOfWork,
     cipher: EnvelopeCipher,

@@ -148,6 +148,11 @@ class EnvelopeCipher:
 
         return encrypt
 
+    def load_key(self, encrypted_key: bytes) -> None:
+        """Decrypt a row's data key now (KMS, unless cached): a transaction that follows then
+        encrypts under it (`encrypt_under`) without waiting on KMS."""
+        self._plaintext_key(encrypted_key)
+
     def encrypt_under(self, encrypted_key: bytes, value: str | None, aad: bytes) -> bytes | None:
         """`encrypt` under a row's existing data key (a field changed later: every field of
         a row stays under the one key the row names)."""

@@ -116,6 +116,10 @@ def change_lead(
     staff: Staff, lead_id: UUID, change: LeadChange, web: Write
 ) -> Envelope[LeadChanged]:
     services = web.services
+    if "staffNotes" in change.model_fields_set:
+        inbox.load_lead_key(
+            services.database, services.cipher, clinic_id=staff.clinic_id, lead_id=lead_id
+        )
     changed = web.run(
         LeadChanged,
         f"changeLead:{lead_id}",
