@@ -13,6 +13,7 @@ may carry PII.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -237,22 +238,26 @@ def parse(queue: Queue, body: str) -> QueueMessage:
     if queue in _EVENTS:
         event: BusEvent = parse_model(BusEvent, body, queue.label)
         return event
-    if queue is Queue.WEBHOOKS:
-        # A domain event from the bus (it has a detail-type), else a delivery to attempt.
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise PermanentMessageError(f"malformed {queue.label} message (not JSON)") from None
-        if isinstance(data, dict) and "detail-type" in data:
-            return parse_model(BusEvent, body, queue.label)
-        return parse_model(WebhookDeliveryMessage, body, queue.label)
-    if queue is not Queue.NOTIFICATIONS:
-        return parse_model(_JOB_MESSAGES[queue], body, queue.label)
+    if queue is Queue.WEBHOOKS:  # a domain event to fan out, or a delivery to attempt
+        return _event_or(queue, body, BusEvent, WebhookDeliveryMessage.model_validate)
+    if queue is Queue.NOTIFICATIONS:  # an appointment's event, or a notification job
+        return _event_or(queue, body, AppointmentEvent, _NOTIFICATIONS.validate_python)
+    return parse_model(_JOB_MESSAGES[queue], body, queue.label)
+
+
+def _event_or(
+    queue: Queue,
+    body: str,
+    event: type[BusEvent | AppointmentEvent],
+    other: Callable[[Any], QueueMessage],
+) -> QueueMessage:
+    """A body of a queue that takes both the bus's events (they have a detail-type) and
+    messages of its own, parsed once."""
     try:
         data = json.loads(body)
         if isinstance(data, dict) and "detail-type" in data:
-            return AppointmentEvent.model_validate(data)
-        return _NOTIFICATIONS.validate_python(data)
+            return event.model_validate(data)
+        return other(data)
     except ValidationError as exc:
         reason = validation_reasons(exc)
     except ValueError:

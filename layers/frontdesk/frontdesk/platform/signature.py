@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 from frontdesk.errors import Unauthorized
@@ -48,6 +49,12 @@ def parse_signature(header: str | None) -> Signature:
     if timestamp is None or not signatures:
         raise Unauthorized(f"{SIGNATURE_HEADER} needs t= and v1=")
     return Signature(timestamp, tuple(signatures))
+
+
+def new_secret() -> str:
+    """A signing secret we generate (a client never chooses one): a provider account's
+    webhook secret, an outbound endpoint's."""
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def sign(secret: bytes, timestamp: int, body: bytes, *also: bytes) -> str:

@@ -9,7 +9,6 @@ change-feed cursor and the shared per-account rate limit (`next_call_at`).
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from frontdesk.errors import NotFound
 from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import JobKind
+from frontdesk.platform.signature import new_secret
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync.egress import Egress
 from frontdesk.sync.providers import KINDS
@@ -147,7 +147,7 @@ def create_account(
     egress.check_url(account.apiBaseUrl)
     account_id = uuid.uuid4()
     generated = account.webhookSecret is None
-    webhook_secret = account.webhookSecret or "whsec_" + secrets.token_urlsafe(32)
+    webhook_secret = account.webhookSecret or new_secret()
     uow.cur.execute(
         """INSERT INTO provider_accounts
                (id, clinic_id, provider, name, api_base_url, requests_per_second,

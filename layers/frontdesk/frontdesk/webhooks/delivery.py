@@ -77,7 +77,7 @@ _SUBSCRIBABLE = frozenset(SUBSCRIBABLE)
 def retry_delay(attempt: int, base: float, cap: float) -> int:
     """Full jitter: random(0, min(cap, base * 2^(attempt-1))) seconds, at most 900."""
     ceiling = min(cap, base * 2 ** max(0, attempt - 1), MAX_DELAY_SECONDS)
-    return int(min(MAX_DELAY_SECONDS, math.ceil(random.uniform(0, ceiling))))
+    return math.ceil(random.uniform(0, ceiling))
 
 
 # ---------------------------------------------------------------- fan-out

@@ -12,7 +12,6 @@ clinic: one clinic never reads or changes another's endpoints.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Annotated, Any
 from uuid import UUID
@@ -23,12 +22,12 @@ from frontdesk.errors import NotFound
 from frontdesk.platform.crypto import EnvelopeCipher, field_aad
 from frontdesk.platform.db import Cursor, Database, transaction
 from frontdesk.platform.queues import EventType
+from frontdesk.platform.signature import new_secret
 from frontdesk.platform.unit_of_work import UnitOfWork
 from frontdesk.sync.egress import Egress
 from frontdesk.values import ApiModel, SingleLine, Timestamp
 
 _TABLE = "webhook_endpoints"
-SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
 # What an endpoint may subscribe to: every domain event but the assistant's streamed reply
 # (its text travels encrypted, for the conversation's own screens only).
@@ -145,7 +144,7 @@ def register(
     refuses (nothing is written)."""
     egress.check_url(endpoint.url, "url")
     endpoint_id = uuid.uuid4()
-    secret = _new_secret()
+    secret = new_secret()
     key = cipher.data_key()
     uow.cur.execute(
         f"""INSERT INTO webhook_endpoints
@@ -169,10 +168,6 @@ def register(
     return EndpointCreated(**EndpointOut.model_validate(row).model_dump(), secret=secret)
 
 
-def _new_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
 def rotate_secret(
     uow: UnitOfWork,
     cipher: EnvelopeCipher,
@@ -183,7 +178,7 @@ def rotate_secret(
 ) -> EndpointCreated:
     """Give the endpoint a new secret; the current one moves, still encrypted under its own
     data key, to the previous secret's place for the hours asked (none: it is dropped)."""
-    secret = _new_secret()
+    secret = new_secret()
     key = cipher.data_key()
     hours = rotation.previousSecretValidHours
     uow.cur.execute(
