@@ -248,11 +248,11 @@ class Settings(BaseSettings):
         raw = self.provider_allowed_hosts
         if raw is None:
             raw = "127.0.0.1,::1,localhost" if self.frontdesk_env == "local" else ""
-        return [entry.strip() for entry in raw.split(",") if entry.strip()]
+        return _entries(raw)
 
     def webhook_allow_list(self) -> list[str]:
         """WEBHOOK_ALLOWED_HOSTS as a list."""
-        return [e.strip() for e in self.webhook_allowed_hosts.split(",") if e.strip()]
+        return _entries(self.webhook_allowed_hosts)
 
     def queue_urls(self) -> dict[str, str]:
         """Logical queue name (as stored in outbox rows) -> queue URL."""
@@ -300,3 +300,8 @@ class Settings(BaseSettings):
 class ConfigurationError(RuntimeError):
     """A function is missing settings it needs: it fails at cold start, not at the first
     message."""
+
+
+def _entries(raw: str) -> list[str]:
+    """The entries of a comma-separated setting, trimmed, the empty ones left out."""
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]

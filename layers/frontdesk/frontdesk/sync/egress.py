@@ -28,7 +28,7 @@ import socket
 import ssl
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -98,12 +98,7 @@ class Egress:
     def for_webhooks(cls, settings: Settings) -> Egress:
         """The rule for outbound webhook receivers (WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOWED_HOSTS)."""
         rule = cls.of(settings.webhook_allow_http, settings.webhook_allow_list())
-        return cls(
-            rule.allow_http,
-            rule.allowed_hosts,
-            rule.allowed_networks,
-            read_timeout=settings.webhook_read_timeout_seconds,
-        )
+        return replace(rule, read_timeout=settings.webhook_read_timeout_seconds)
 
     @classmethod
     def of(cls, allow_http: bool, allowed: Iterable[str]) -> Egress:
